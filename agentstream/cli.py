@@ -1,0 +1,174 @@
+"""The `agentstream` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from agentstream.config import Settings
+from streams.backends import open_log
+from streams.codec import EventCodec
+from streams.errors import AgentstreamError, PoisonEvent
+from streams.log import EventLog
+from streams.reading import event_json, read_run
+from streams.registry import open_registry
+from streams.worker import Handler, Worker
+
+T = TypeVar("T")
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except AgentstreamError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def _async_command(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        _run(fn(*args, **kwargs))  # type: ignore[arg-type]
+
+    return wrapper
+
+
+class Backends:
+    """The log and codec for one command, opened from settings and closed after."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.log: EventLog = open_log(settings.log_url)
+        self.registry = open_registry(settings.registry_url)
+        self.codec = EventCodec(self.registry)
+
+    async def ensure_topics(self) -> None:
+        for spec in self.settings.topics.specs():
+            await self.log.create_topic(spec)
+
+    async def aclose(self) -> None:
+        await self.log.close()
+        await self.registry.aclose()
+
+
+@click.group()
+@click.option("--home", envvar="AGENTSTREAM_HOME", help="Data directory of the embedded default.")
+@click.option("--log", "log_url", envvar="AGENTSTREAM_LOG_URL", help="Event log URL: sqlite:///PATH or kafka://HOST:PORT.")
+@click.option("--registry", "registry_url", envvar="AGENTSTREAM_REGISTRY_URL", help="Schema registry URL: sqlite:///PATH or http(s)://HOST.")
+@click.version_option(package_name="agentstream")
+@click.pass_context
+def main(ctx: click.Context, home: str | None, log_url: str | None, registry_url: str | None) -> None:
+    """agentstream: an event-sourced runtime for autonomous AI agents."""
+    ctx.obj = Settings.from_env(home=home, log_url=log_url, registry_url=registry_url)
+
+
+@main.command()
+@click.pass_obj
+@_async_command
+async def topics(settings: Settings) -> None:
+    """List topics with their partitions and record counts."""
+    backends = Backends(settings)
+    try:
+        await backends.ensure_topics()
+        stats = await backends.log.topics()
+        width = max((len(s.name) for s in stats), default=5)
+        click.echo(f"{'TOPIC':<{width}}  PARTITIONS  RECORDS")
+        for s in stats:
+            click.echo(f"{s.name:<{width}}  {s.partitions:>10}  {s.records:>7}")
+    finally:
+        await backends.aclose()
+
+
+def _summary(data: dict[str, Any]) -> str:
+    skip = {"type", "topic", "partition", "offset", "meta"}
+    parts = []
+    for key, value in data.items():
+        if key in skip or value in (None, [], {}):
+            continue
+        text = json.dumps(value) if not isinstance(value, str) else value
+        parts.append(f"{key}={text if len(text) <= 60 else text[:57] + '...'}")
+    return " ".join(parts)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_obj
+@_async_command
+async def events(settings: Settings, run_id: str, as_json: bool) -> None:
+    """Print the events of one run, decoded, in order."""
+    backends = Backends(settings)
+    try:
+        await backends.ensure_topics()
+        found = 0
+        async for record, event in read_run(backends.log, backends.codec, settings.topics, run_id):
+            found += 1
+            data = event_json(record, event)
+            if as_json:
+                click.echo(json.dumps(data))
+            else:
+                when = event.meta.occurred_at.strftime("%H:%M:%S.%f")[:-3]
+                click.echo(f"{record.offset:>8}  {when}  {event.type_name:<20} {_summary(data)}")
+        if not found:
+            click.echo(f"no events for run {run_id}", err=True)
+            sys.exit(1)
+    except PoisonEvent as exc:
+        click.echo(f"error: the log holds an undecodable record: {exc}", err=True)
+        sys.exit(2)
+    finally:
+        await backends.aclose()
+
+
+def _load_handler(ref: str) -> Handler:
+    module_name, _, attr = ref.partition(":")
+    if not attr:
+        raise click.BadParameter("use module:attribute, for example mypkg.handlers:Echo")
+    try:
+        target = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise click.BadParameter(f"cannot load {ref}: {exc}") from exc
+    handler = target() if isinstance(target, type) else target
+    if not isinstance(handler, Handler):
+        raise click.BadParameter(f"{ref} is not a Handler")
+    return handler
+
+
+@main.command()
+@click.argument("handler_ref")
+@click.option("--member", default="0", show_default=True, help="Stable name of this group member.")
+@click.option("--batch-size", default=500, show_default=True)
+@click.pass_obj
+def worker(settings: Settings, handler_ref: str, member: str, batch_size: int) -> None:
+    """Host one handler (module:attribute) as a worker until SIGINT or SIGTERM."""
+    handler = _load_handler(handler_ref)
+
+    async def serve() -> None:
+        backends = Backends(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await backends.ensure_topics()
+            runner = Worker(
+                backends.log,
+                backends.codec,
+                handler,
+                topics=settings.topics,
+                member=member,
+                batch_size=batch_size,
+            )
+            click.echo(f"worker {runner.group}/{member} on {settings.log_url}", err=True)
+            await runner.run(stop)
+        finally:
+            await backends.aclose()
+
+    _run(serve())

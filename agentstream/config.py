@@ -1,0 +1,48 @@
+"""Settings of one agentstream deployment, read from the environment.
+
+| variable                  | default                           |
+|---------------------------|-----------------------------------|
+| AGENTSTREAM_HOME          | ~/.agentstream                    |
+| AGENTSTREAM_LOG_URL       | sqlite://$AGENTSTREAM_HOME/log.db |
+| AGENTSTREAM_REGISTRY_URL  | sqlite://$AGENTSTREAM_HOME/registry.db |
+| AGENTSTREAM_TOPIC_PREFIX  | agentstream                       |
+| AGENTSTREAM_PARTITIONS    | 4                                 |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from streams.errors import ConfigError
+from streams.topics import Topics
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the log and registry live, and how topics are named."""
+
+    home: Path
+    log_url: str
+    registry_url: str
+    topics: Topics
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: str | None) -> Settings:
+        env = os.environ if env is None else env
+        home = Path(overrides.get("home") or env.get("AGENTSTREAM_HOME") or "~/.agentstream")
+        home = home.expanduser().resolve()
+        log_url = overrides.get("log_url") or env.get("AGENTSTREAM_LOG_URL") or f"sqlite://{home}/log.db"
+        registry_url = (
+            overrides.get("registry_url")
+            or env.get("AGENTSTREAM_REGISTRY_URL")
+            or f"sqlite://{home}/registry.db"
+        )
+        try:
+            partitions = int(env.get("AGENTSTREAM_PARTITIONS", "4"))
+        except ValueError as exc:
+            raise ConfigError("AGENTSTREAM_PARTITIONS must be a whole number") from exc
+        prefix = env.get("AGENTSTREAM_TOPIC_PREFIX", "agentstream")
+        return cls(home, log_url, registry_url, Topics(prefix, partitions))

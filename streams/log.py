@@ -1,0 +1,158 @@
+"""The event log interface: topics of partitioned, offset-addressed records.
+
+Two backends implement it, chosen by URL (see `streams.backends`): SQLite for one
+machine and Apache Kafka at scale. The contract tests in `tests/contract/` hold both to
+the same behaviour.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+class TopicPartition(NamedTuple):
+    """One partition of one topic."""
+
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingRecord:
+    """A record to append. With `partition` None, the key decides it (Kafka's rule)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Headers = ()
+    partition: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """A record read back from the log, with its position."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: Headers
+    timestamp_ms: int
+
+    @property
+    def position(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+    def header(self, name: str) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic to create: its name and number of partitions."""
+
+    name: str
+    partitions: int = 1
+
+
+@dataclass(frozen=True)
+class TopicStats:
+    """A topic as it is now: partitions and the end offset of each."""
+
+    name: str
+    partitions: int
+    end_offsets: dict[int, int] = field(default_factory=dict)
+    records: int = 0
+    """Records in the topic. On Kafka this counts offsets, which transaction markers use too."""
+
+
+class GroupConsumer(ABC):
+    """A member of a consumer group: reads its partitions and commits exactly once.
+
+    `commit` appends the output records and moves the group's committed offsets in one
+    atomic step (a SQLite transaction; a Kafka transaction), so a crash either keeps
+    both or neither: outputs are never lost and never duplicated.
+    """
+
+    group: str
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Join the group; reading resumes at the group's committed offsets."""
+
+    @abstractmethod
+    async def poll(self, max_records: int, timeout_s: float) -> list[LogRecord]:
+        """Up to `max_records` records after the current position, waiting up to `timeout_s`."""
+
+    @abstractmethod
+    async def commit(
+        self, outputs: Sequence[OutgoingRecord], consumed: Mapping[TopicPartition, int]
+    ) -> None:
+        """Atomically append `outputs` and set committed offsets to `consumed` (next offsets)."""
+
+    @abstractmethod
+    async def rewind(self) -> None:
+        """Move the read position back to the committed offsets (after a failed batch)."""
+
+    @abstractmethod
+    async def committed(self, tp: TopicPartition) -> int:
+        """The group's committed offset (the next one to read) for a partition."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Leave the group; uncommitted work will be redone by whoever takes over."""
+
+
+class EventLog(ABC):
+    """An append-only, partitioned log of records, addressed by (topic, partition, offset)."""
+
+    url: str
+
+    @abstractmethod
+    async def create_topic(self, spec: TopicSpec) -> None:
+        """Create a topic; creating an existing one with the same partitions is a no-op."""
+
+    @abstractmethod
+    async def partitions(self, topic: str) -> int:
+        """Partition count of a topic; raises `TopicNotFound`."""
+
+    @abstractmethod
+    async def topics(self) -> list[TopicStats]:
+        """Every topic with its end offsets and record count."""
+
+    @abstractmethod
+    async def append(self, records: Sequence[OutgoingRecord]) -> list[tuple[TopicPartition, int]]:
+        """Append records durably, in order per partition; returns each one's position."""
+
+    @abstractmethod
+    async def read(
+        self, topic: str, partition: int, offset: int, limit: int
+    ) -> list[LogRecord]:
+        """Up to `limit` committed records of one partition starting at `offset`."""
+
+    @abstractmethod
+    async def end_offset(self, topic: str, partition: int) -> int:
+        """The offset the next record appended to the partition will take."""
+
+    @abstractmethod
+    def consumer(self, group: str, topics: Sequence[str], *, member: str = "0") -> GroupConsumer:
+        """A group member for `topics`. `member` names it stably across restarts."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections and files."""
+
+    async def __aenter__(self) -> EventLog:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,46 @@
+"""Reading events back from the log: one run's events, in order."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from streams.codec import EventCodec
+from streams.events import Event
+from streams.log import EventLog, LogRecord
+from streams.partitioning import partition_for
+from streams.topics import Topics
+
+
+async def read_run(
+    log: EventLog, codec: EventCodec, topics: Topics, run_id: str, *, page: int = 2000
+) -> AsyncIterator[tuple[LogRecord, Event]]:
+    """Every event of a run, in log order, decoded.
+
+    A run's events share one partition (key = run id), so this scans that partition only.
+    Records that cannot be decoded are skipped here; the workers dead-letter them.
+    """
+    topic = topics.events
+    key = run_id.encode()
+    partition = partition_for(key, await log.partitions(topic))
+    end = await log.end_offset(topic, partition)
+    offset = 0
+    while offset < end:
+        batch = await log.read(topic, partition, offset, page)
+        if not batch:
+            break
+        for record in batch:
+            if record.key == key:
+                yield record, await codec.decode(record.value)
+        offset = batch[-1].offset + 1
+
+
+def event_json(record: LogRecord, event: Event) -> dict[str, Any]:
+    """An event as one JSON-ready object: its type and position, then its fields."""
+    return {
+        "type": event.type_name,
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        **event.model_dump(mode="json"),
+    }
