@@ -172,3 +172,47 @@ def worker(settings: Settings, handler_ref: str, member: str, batch_size: int) -
             await backends.aclose()
 
     _run(serve())
+
+
+@main.group()
+def schemas() -> None:
+    """The Avro event catalogue and its evolution rule."""
+
+
+@schemas.command("list")
+def schemas_list() -> None:
+    """List event types with their full names."""
+    from streams.catalogue import catalogue
+
+    for schema in catalogue().values():
+        click.echo(f"{schema.type_name:<22} {schema.fullname}")
+
+
+@schemas.command("check")
+def schemas_check() -> None:
+    """Fail if the catalogue breaks a released schema or has unreleased changes."""
+    from streams.evolution import RULE, check
+
+    report = check()
+    for name, problems in report.incompatible.items():
+        click.echo(f"INCOMPATIBLE {name} ({RULE.value}):", err=True)
+        for problem in problems:
+            click.echo(f"  - {problem}", err=True)
+    for name in report.unreleased:
+        click.echo(f"unreleased change: {name} (run `agentstream schemas release`)", err=True)
+    if not report.ok:
+        sys.exit(1)
+    click.echo(f"all event schemas are {RULE.value} compatible with their releases")
+
+
+@schemas.command("release")
+def schemas_release() -> None:
+    """Record the current schemas as released (refused if incompatible)."""
+    from streams.evolution import release
+
+    try:
+        released = release()
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo("\n".join(released) if released else "nothing to release")
