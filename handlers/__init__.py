@@ -1,0 +1,1 @@
+"""Stateless reactors: planner, tool router, tools, evaluator, approvals, supervisor."""
