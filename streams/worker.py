@@ -34,11 +34,21 @@ log = logging.getLogger(__name__)
 class HandlerContext:
     """What a handler knows besides the event: where it came from, and how to stamp outputs."""
 
-    def __init__(self, handler: str, record: LogRecord, event: Event, attempt: int) -> None:
+    def __init__(
+        self,
+        handler: str,
+        record: LogRecord,
+        event: Event,
+        attempt: int,
+        uncommitted: Sequence[Event] = (),
+    ) -> None:
         self.handler = handler
         self.record = record
         self.event = event
         self.attempt = attempt
+        self.uncommitted = uncommitted
+        """Events this handler emitted for the same run earlier in the current batch: they
+        are not in the log yet, but a handler reading the run's history must see them."""
         self._emitted = 0
 
     def meta(self, *, run_id: str | None = None) -> EventMeta:
@@ -108,6 +118,7 @@ class Worker:
         poll_timeout_s: float = 0.2,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_concurrency: int = 64,
     ) -> None:
         self.log = log_
         self.codec = codec
@@ -121,6 +132,7 @@ class Worker:
         self.retry = retry or RetryPolicy()
         self.stats = WorkerStats()
         self._sleep = sleep
+        self._concurrency = asyncio.Semaphore(max_concurrency)
         self._consumer: GroupConsumer | None = None
 
     async def start(self) -> None:
@@ -147,10 +159,22 @@ class Worker:
         records = await self._consumer.poll(self.batch_size, self.poll_timeout_s)
         if not records:
             return 0
-        outputs: list[OutgoingRecord] = []
+        # Records of one run (one key) are handled in order; different runs concurrently.
+        by_key: dict[bytes | None, list[int]] = {}
+        for index, record in enumerate(records):
+            by_key.setdefault(record.key, []).append(index)
+        results: list[list[OutgoingRecord]] = [[] for _ in records]
+
+        async def handle_run(indexes: list[int]) -> None:
+            emitted: list[Event] = []
+            for index in indexes:
+                async with self._concurrency:
+                    results[index] = await self._process(records[index], emitted)
+
+        await asyncio.gather(*(handle_run(indexes) for indexes in by_key.values()))
+        outputs = [out for result in results for out in result]
         consumed: dict[TopicPartition, int] = {}
         for record in records:
-            outputs.extend(await self._process(record))
             consumed[record.position] = record.offset + 1
         attempt = 1
         while True:
@@ -169,7 +193,7 @@ class Worker:
         self.stats.records += len(records)
         return len(records)
 
-    async def _process(self, record: LogRecord) -> list[OutgoingRecord]:
+    async def _process(self, record: LogRecord, emitted_for_run: list[Event]) -> list[OutgoingRecord]:
         try:
             type_name = await self.codec.type_of(record.value)
             if type_name not in self.handler.consumes:
@@ -179,7 +203,7 @@ class Worker:
             return [self._dead_letter(record, poison.reason, poison.detail)]
         attempt = 1
         while True:
-            ctx = HandlerContext(self.handler.name, record, event, attempt)
+            ctx = HandlerContext(self.handler.name, record, event, attempt, tuple(emitted_for_run))
             try:
                 emitted = await self.handler.handle(event, ctx)
                 break
@@ -203,6 +227,7 @@ class Worker:
                 await self._sleep(self.retry.delay(attempt))
                 attempt += 1
         self.stats.handled += 1
+        emitted_for_run.extend(out for out in emitted if out.meta.run_id == event.meta.run_id)
         outputs = []
         for out in emitted:
             topic = self.topics.events
@@ -217,7 +242,12 @@ class Worker:
         self.stats.dead_letter_reasons[reason] = self.stats.dead_letter_reasons.get(reason, 0) + 1
         log.warning(
             "dead-lettering %s[%d]@%d for %s: %s: %s",
-            record.topic, record.partition, record.offset, self.group, reason, detail,
+            record.topic,
+            record.partition,
+            record.offset,
+            self.group,
+            reason,
+            detail,
         )
         headers = record.headers + (
             ("dlq.reason", reason.encode()),

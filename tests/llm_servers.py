@@ -137,9 +137,7 @@ class ProviderServer:
                 OPENAI_PATH,
                 ANTHROPIC_PATH,
             ):
-                return Reply(
-                    404, {"error": {"type": "not_found", "message": request.path}}
-                )
+                return Reply(404, {"error": {"type": "not_found", "message": request.path}})
             if not self._replies:
                 # 400 rather than 5xx so a retrying client fails fast and visibly.
                 return Reply(
@@ -173,11 +171,7 @@ class ProviderServer:
                 if reply.delay and server._stopping.wait(reply.delay):
                     return
                 if isinstance(reply.body, str | bytes):
-                    payload = (
-                        reply.body.encode()
-                        if isinstance(reply.body, str)
-                        else reply.body
-                    )
+                    payload = reply.body.encode() if isinstance(reply.body, str) else reply.body
                     content_type = "text/plain"
                 else:
                     payload = json.dumps(reply.body).encode()
@@ -293,8 +287,7 @@ def anthropic_reply(
         content.append({"type": "text", "text": text})
     uses = list(tool_uses)
     content.extend(
-        {"type": "tool_use", "id": use_id, "name": name, "input": input_}
-        for use_id, name, input_ in uses
+        {"type": "tool_use", "id": use_id, "name": name, "input": input_} for use_id, name, input_ in uses
     )
     body = {
         "id": "msg_test",

@@ -150,9 +150,7 @@ def parse_wire(wire_type: type[_W], data: dict[str, Any], provider: str) -> _W:
     try:
         return wire_type.model_validate(data)
     except ValidationError as exc:
-        raise ResponseFormatError(
-            f"unexpected response shape: {exc}", provider=provider
-        ) from exc
+        raise ResponseFormatError(f"unexpected response shape: {exc}", provider=provider) from exc
 
 
 __all__ = [

@@ -57,16 +57,10 @@ class AnthropicModel(HttpModelClient):
         prices: PriceTable | None = None,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
-        base = (
-            base_url
-            or os.environ.get("ANTHROPIC_BASE_URL")
-            or DEFAULT_ANTHROPIC_BASE_URL
-        )
+        base = base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_ANTHROPIC_BASE_URL
         key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY")
         if not key and base.rstrip("/") == DEFAULT_ANTHROPIC_BASE_URL:
-            raise ModelConfigError(
-                "set ANTHROPIC_API_KEY to use the Anthropic API", provider=self.provider
-            )
+            raise ModelConfigError("set ANTHROPIC_API_KEY to use the Anthropic API", provider=self.provider)
         super().__init__(model, timeout=timeout, prices=prices, http_client=http_client)
         self.base_url = base.rstrip("/")
         self._api_key = key
@@ -144,9 +138,7 @@ class AnthropicModel(HttpModelClient):
             elif kind == "tool_use":
                 calls.append(self._tool_call(block))
             # Other blocks (thinking, server tools) carry nothing the planner consumes.
-        usage = Usage(
-            input_tokens=wire.usage.input_tokens, output_tokens=wire.usage.output_tokens
-        )
+        usage = Usage(input_tokens=wire.usage.input_tokens, output_tokens=wire.usage.output_tokens)
         model = wire.model or self.model
         cost = self.cost(model, usage)
         return ModelResponse(
@@ -163,9 +155,7 @@ class AnthropicModel(HttpModelClient):
     def _tool_call(self, block: dict[str, Any]) -> ToolCall:
         call_id, name = block.get("id"), block.get("name")
         if not isinstance(call_id, str) or not isinstance(name, str):
-            raise ResponseFormatError(
-                "tool_use block without id or name", provider=self.provider
-            )
+            raise ResponseFormatError("tool_use block without id or name", provider=self.provider)
         arguments = block.get("input")
         if isinstance(arguments, dict):
             return ToolCall(id=call_id, name=name, arguments=arguments)
@@ -173,17 +163,13 @@ class AnthropicModel(HttpModelClient):
             id=call_id,
             name=name,
             arguments_raw=json.dumps(arguments),
-            arguments_error=(
-                f"input must be a JSON object, got {type(arguments).__name__}"
-            ),
+            arguments_error=(f"input must be a JSON object, got {type(arguments).__name__}"),
         )
 
 
 def _assistant_blocks(message: AssistantMessage) -> list[dict[str, Any]]:
     # The API rejects empty text blocks.
-    blocks: list[dict[str, Any]] = (
-        [{"type": "text", "text": message.text}] if message.text else []
-    )
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": message.text}] if message.text else []
     for call in message.tool_calls:
         blocks.append(
             {

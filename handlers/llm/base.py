@@ -181,9 +181,7 @@ def error_for_status(
         cls = BadRequestError
     else:
         cls = ModelError
-    return cls(
-        message, provider=provider, status_code=status_code, retry_after=retry_after
-    )
+    return cls(message, provider=provider, status_code=status_code, retry_after=retry_after)
 
 
 # --------------------------------------------------------------------------- retry
@@ -317,7 +315,7 @@ class FallbackModel(ModelClient):
         for model in self.models:
             try:
                 await model.aclose()
-            except Exception as exc:  # noqa: BLE001 - keep closing the rest
+            except Exception as exc:
                 failures.append(exc)
         if failures:
             raise failures[0]
@@ -342,8 +340,7 @@ def resolve_model(spec: str) -> ModelClient:
     model = model.strip()
     if not sep or not model:
         raise ModelConfigError(
-            f"model spec {spec!r} must look like 'openai:<model>', 'anthropic:<model>' "
-            "or 'local:<name>'"
+            f"model spec {spec!r} must look like 'openai:<model>', 'anthropic:<model>' or 'local:<name>'"
         )
     if provider == "openai":
         from handlers.llm.openai import OpenAIModel
@@ -356,8 +353,7 @@ def resolve_model(spec: str) -> ModelClient:
     if provider == "local":
         return _resolve_local(model)
     raise ModelConfigError(
-        f"unknown model provider {provider!r} in {spec!r}; "
-        "expected openai, anthropic or local"
+        f"unknown model provider {provider!r} in {spec!r}; expected openai, anthropic or local"
     )
 
 
@@ -367,12 +363,9 @@ def _resolve_local(name: str) -> ModelClient:
     except ImportError as exc:
         missing = exc.name or "a dependency"
         if missing == "handlers.llm.local":
-            raise ModelConfigError(
-                "local models are not available in this build"
-            ) from exc
+            raise ModelConfigError("local models are not available in this build") from exc
         raise ModelConfigError(
-            f"local model {name!r} needs {missing!r}, which is not installed; "
-            + LOCAL_EXTRA_HINT
+            f"local model {name!r} needs {missing!r}, which is not installed; " + LOCAL_EXTRA_HINT
         ) from exc
     client = local.LocalModel(name)
     if not isinstance(client, ModelClient):

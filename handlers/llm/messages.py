@@ -107,9 +107,7 @@ class ToolCall(_Frozen):
                 id=id,
                 name=name,
                 arguments_raw=raw,
-                arguments_error=(
-                    f"arguments must be a JSON object, got {type(parsed).__name__}"
-                ),
+                arguments_error=(f"arguments must be a JSON object, got {type(parsed).__name__}"),
             )
         return cls(id=id, name=name, arguments=parsed, arguments_raw=raw)
 
@@ -152,9 +150,7 @@ class ToolDefinition(_Frozen):
 
     name: str
     description: str = ""
-    parameters: dict[str, Any] = Field(
-        default_factory=lambda: {"type": "object", "properties": {}}
-    )
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     """JSON Schema of the arguments object."""
 
 

@@ -59,15 +59,11 @@ class OpenAIModel(HttpModelClient):
         prices: PriceTable | None = None,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
-        base = (
-            base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL
-        ).rstrip("/")
+        base = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL).rstrip("/")
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self._official = base == DEFAULT_OPENAI_BASE_URL
         if not key and self._official:
-            raise ModelConfigError(
-                "set OPENAI_API_KEY to use the OpenAI API", provider=self.provider
-            )
+            raise ModelConfigError("set OPENAI_API_KEY to use the OpenAI API", provider=self.provider)
         super().__init__(model, timeout=timeout, prices=prices, http_client=http_client)
         self.base_url = base
         self._api_key = key
@@ -95,9 +91,7 @@ class OpenAIModel(HttpModelClient):
         # The public API deprecated max_tokens (o-series models reject it), while
         # several compatible servers silently ignore max_completion_tokens and
         # generate without bound.
-        body["max_completion_tokens" if self._official else "max_tokens"] = (
-            request.max_tokens
-        )
+        body["max_completion_tokens" if self._official else "max_tokens"] = request.max_tokens
         if request.temperature is not None:
             body["temperature"] = request.temperature
         if request.tools:
@@ -112,15 +106,11 @@ class OpenAIModel(HttpModelClient):
         choice = wire.choices[0]
         message = choice.message
         calls = [
-            ToolCall.from_raw_arguments(
-                id=c.id, name=c.function.name, raw=c.function.arguments
-            )
+            ToolCall.from_raw_arguments(id=c.id, name=c.function.name, raw=c.function.arguments)
             for c in message.tool_calls or []
         ]
         text = message.content or message.refusal or ""
-        return self._response(
-            wire, text=text, tool_calls=calls, finish_reason=choice.finish_reason
-        )
+        return self._response(wire, text=text, tool_calls=calls, finish_reason=choice.finish_reason)
 
     def _response(
         self,

@@ -38,18 +38,13 @@ class Price(BaseModel):
 
     model_config = ConfigDict(frozen=True, populate_by_name=True)
 
-    input_per_mtok: float = Field(
-        ge=0, validation_alias=AliasChoices("input_per_mtok", "input")
-    )
-    output_per_mtok: float = Field(
-        ge=0, validation_alias=AliasChoices("output_per_mtok", "output")
-    )
+    input_per_mtok: float = Field(ge=0, validation_alias=AliasChoices("input_per_mtok", "input"))
+    output_per_mtok: float = Field(ge=0, validation_alias=AliasChoices("output_per_mtok", "output"))
 
     def cost(self, usage: Usage) -> float:
         """USD charged for ``usage`` at this price."""
         return (
-            usage.input_tokens * self.input_per_mtok
-            + usage.output_tokens * self.output_per_mtok
+            usage.input_tokens * self.input_per_mtok + usage.output_tokens * self.output_per_mtok
         ) / 1_000_000
 
 
@@ -126,9 +121,7 @@ class PriceTable:
             return self._prices[model]
         best: str | None = None
         for known in self._prices:
-            if model.startswith(known + "-") and (
-                best is None or len(known) > len(best)
-            ):
+            if model.startswith(known + "-") and (best is None or len(known) > len(best)):
                 best = known
         return None if best is None else self._prices[best]
 
@@ -147,8 +140,7 @@ def _as_price(model: str, value: Price | Mapping[str, float]) -> Price:
         return Price.model_validate(value)
     except ValidationError as exc:
         raise PricingError(
-            f"price for {model!r} must look like "
-            f"{{'input': <usd/1M>, 'output': <usd/1M>}}: {exc}"
+            f"price for {model!r} must look like {{'input': <usd/1M>, 'output': <usd/1M>}}: {exc}"
         ) from exc
 
 
@@ -159,11 +151,7 @@ def _load_env_overrides() -> Mapping[str, Mapping[str, float]]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise PricingError(
-            f"{PRICES_ENV}: cannot read price file {path!r}: {exc}"
-        ) from exc
+        raise PricingError(f"{PRICES_ENV}: cannot read price file {path!r}: {exc}") from exc
     if not isinstance(data, dict):
-        raise PricingError(
-            f"{PRICES_ENV}: {path!r} must hold a JSON object of model -> price"
-        )
+        raise PricingError(f"{PRICES_ENV}: {path!r} must hold a JSON object of model -> price")
     return data

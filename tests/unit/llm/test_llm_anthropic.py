@@ -54,9 +54,7 @@ def client(server: ProviderServer, timeout: float = 10.0) -> AnthropicModel:
 
 @pytest.mark.asyncio
 async def test_text_answer_sends_messages_wire_format(server: ProviderServer) -> None:
-    server.script(
-        anthropic_reply("Paris.", input_tokens=1_000_000, output_tokens=100_000)
-    )
+    server.script(anthropic_reply("Paris.", input_tokens=1_000_000, output_tokens=100_000))
     request = ModelRequest(
         messages=[
             SystemMessage(content="Be brief."),
@@ -102,9 +100,7 @@ async def test_text_answer_sends_messages_wire_format(server: ProviderServer) ->
 
 @pytest.mark.asyncio
 async def test_single_tool_use(server: ProviderServer) -> None:
-    server.script(
-        anthropic_reply("Let me look.", [("toolu_1", "search", {"q": "llama"})])
-    )
+    server.script(anthropic_reply("Let me look.", [("toolu_1", "search", {"q": "llama"})]))
     async with client(server) as model:
         response = await model.complete(
             ModelRequest(messages=[UserMessage(content="Find llamas")], tools=[SEARCH])
@@ -112,9 +108,7 @@ async def test_single_tool_use(server: ProviderServer) -> None:
 
     assert response.text == "Let me look."
     assert response.stop_reason == "tool_use"
-    assert response.tool_calls == (
-        ToolCall(id="toolu_1", name="search", arguments={"q": "llama"}),
-    )
+    assert response.tool_calls == (ToolCall(id="toolu_1", name="search", arguments={"q": "llama"}),)
     assert server.requests[0].json["tools"] == [
         {
             "name": "search",
@@ -150,12 +144,8 @@ async def test_parallel_tool_uses_and_results_in_one_user_turn(
                 messages=[
                     question,
                     first.to_message(),
-                    ToolResultMessage(
-                        tool_call_id="toolu_b", content="rate limited", is_error=True
-                    ),
-                    ToolResultMessage(
-                        tool_call_id="toolu_a", content="Alpacas are domestic."
-                    ),
+                    ToolResultMessage(tool_call_id="toolu_b", content="rate limited", is_error=True),
+                    ToolResultMessage(tool_call_id="toolu_a", content="Alpacas are domestic."),
                     UserMessage(content="Keep it short."),
                 ],
                 tools=[SEARCH],
@@ -211,9 +201,7 @@ async def test_non_object_input_surfaces_as_arguments_error(
 ) -> None:
     server.script(anthropic_reply(None, [("toolu_1", "search", "q=llama")]))
     async with client(server) as model:
-        response = await model.complete(
-            ModelRequest(messages=[UserMessage(content="hi")])
-        )
+        response = await model.complete(ModelRequest(messages=[UserMessage(content="hi")]))
 
     (call,) = response.tool_calls
     assert call.arguments == {}
@@ -231,9 +219,7 @@ async def test_errors_map_to_the_tree(server: ProviderServer) -> None:
     )
     request = ModelRequest(messages=[UserMessage(content="hi")])
     async with client(server, timeout=0.2) as model:
-        with pytest.raises(
-            AuthenticationError, match="authentication_error: invalid x-api-key"
-        ):
+        with pytest.raises(AuthenticationError, match="authentication_error: invalid x-api-key"):
             await model.complete(request)
         with pytest.raises(ModelServerError) as overloaded:
             await model.complete(request)
@@ -250,9 +236,7 @@ def test_public_api_needs_a_key() -> None:
 
 
 def test_empty_assistant_text_is_not_sent() -> None:
-    body = AnthropicModel(
-        MODEL, api_key="k", base_url="http://127.0.0.1:9"
-    ).request_body(
+    body = AnthropicModel(MODEL, api_key="k", base_url="http://127.0.0.1:9").request_body(
         ModelRequest(
             messages=[
                 UserMessage(content="hi"),
@@ -261,6 +245,4 @@ def test_empty_assistant_text_is_not_sent() -> None:
             ]
         )
     )
-    assert body["messages"][1]["content"] == [
-        {"type": "tool_use", "id": "t", "name": "search", "input": {}}
-    ]
+    assert body["messages"][1]["content"] == [{"type": "tool_use", "id": "t", "name": "search", "input": {}}]

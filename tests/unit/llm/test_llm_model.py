@@ -77,9 +77,7 @@ def test_models_are_frozen_and_collections_are_tuples() -> None:
         ("null", {}, "got NoneType"),
     ],
 )
-def test_raw_arguments_parsing(
-    raw: str, arguments: dict[str, int], error: str | None
-) -> None:
+def test_raw_arguments_parsing(raw: str, arguments: dict[str, int], error: str | None) -> None:
     call = ToolCall.from_raw_arguments(id="1", name="t", raw=raw)
     assert call.arguments == arguments
     assert call.arguments_raw == raw
@@ -91,9 +89,7 @@ def test_raw_arguments_parsing(
 
 
 def test_usage_adds_up_and_response_becomes_a_message() -> None:
-    total = Usage(input_tokens=1, output_tokens=2) + Usage(
-        input_tokens=10, output_tokens=20
-    )
+    total = Usage(input_tokens=1, output_tokens=2) + Usage(input_tokens=10, output_tokens=20)
     assert (total.input_tokens, total.output_tokens, total.total_tokens) == (11, 22, 33)
     call = ToolCall(id="1", name="t")
     response = ModelResponse(text="x", tool_calls=[call], model="m")
@@ -108,41 +104,29 @@ def test_price_lookup_prefers_exact_then_longest_prefix() -> None:
     table = PriceTable()
     assert table.lookup("gpt-4o") == Price(input_per_mtok=2.5, output_per_mtok=10)
     assert table.lookup("gpt-4o-mini-2024-07-18") == table.lookup("gpt-4o-mini")
-    assert table.lookup("claude-sonnet-4-5-20250929") == table.lookup(
-        "claude-sonnet-4-5"
-    )
+    assert table.lookup("claude-sonnet-4-5-20250929") == table.lookup("claude-sonnet-4-5")
     assert table.lookup("gpt-4o1") is None  # prefixes only match at a "-"
     assert table.cost("mystery", Usage(input_tokens=5)).known is False
 
 
 def test_price_override_dict_wins() -> None:
     table = PriceTable(overrides={"gpt-4o": {"input": 1.0, "output": 2.0}})
-    cost = table.cost(
-        "gpt-4o-2024-08-06", Usage(input_tokens=1_000_000, output_tokens=1_000_000)
-    )
+    cost = table.cost("gpt-4o-2024-08-06", Usage(input_tokens=1_000_000, output_tokens=1_000_000))
     assert cost.usd == pytest.approx(3.0)
     assert cost.known
 
 
-def test_price_override_from_env_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_price_override_from_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     prices = tmp_path / "prices.json"
-    prices.write_text(
-        json.dumps({"house-model": {"input": 0.5, "output_per_mtok": 1.5}})
-    )
+    prices.write_text(json.dumps({"house-model": {"input": 0.5, "output_per_mtok": 1.5}}))
     monkeypatch.setenv(PRICES_ENV, str(prices))
-    cost = PriceTable().cost(
-        "house-model", Usage(input_tokens=2_000_000, output_tokens=2_000_000)
-    )
+    cost = PriceTable().cost("house-model", Usage(input_tokens=2_000_000, output_tokens=2_000_000))
     assert cost.usd == pytest.approx(4.0)
     # Built-in prices are still there.
     assert PriceTable().lookup("gpt-4o") is not None
 
 
-@pytest.mark.parametrize(
-    "content", ["not json", "[1, 2]", '{"m": {"input": -1, "output": 1}}', '{"m": {}}']
-)
+@pytest.mark.parametrize("content", ["not json", "[1, 2]", '{"m": {"input": -1, "output": 1}}', '{"m": {}}'])
 def test_bad_price_file_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str
 ) -> None:
@@ -172,9 +156,7 @@ async def test_resolve_openai_uses_environment(
     async with resolve_model("openai:gpt-4o-mini") as model:
         assert isinstance(model, OpenAIModel)
         assert model.name == "openai:gpt-4o-mini"
-        assert (
-            await model.complete(ModelRequest(messages=[UserMessage(content="hi")]))
-        ).text
+        assert (await model.complete(ModelRequest(messages=[UserMessage(content="hi")]))).text
     assert server.requests[0].headers["authorization"] == "Bearer sk-env"
 
 
@@ -208,9 +190,7 @@ def test_resolve_local_without_its_extra_says_what_to_install(
 ) -> None:
     monkeypatch.delitem(sys.modules, "handlers.llm.local", raising=False)
     monkeypatch.setattr(sys, "meta_path", [_MissingExtra(), *sys.meta_path])
-    with pytest.raises(
-        ModelConfigError, match=r"llama_cpp.*pip install 'agentstream\[local\]'"
-    ):
+    with pytest.raises(ModelConfigError, match=r"llama_cpp.*pip install 'agentstream\[local\]'"):
         resolve_model("local:qwen2.5-0.5b")
 
 

@@ -90,13 +90,9 @@ async def test_text_answer_sends_chat_completions_wire_format(
 
 @pytest.mark.asyncio
 async def test_usage_and_cost_are_reported(server: ProviderServer) -> None:
-    server.script(
-        openai_reply("ok", prompt_tokens=1_000_000, completion_tokens=500_000)
-    )
+    server.script(openai_reply("ok", prompt_tokens=1_000_000, completion_tokens=500_000))
     async with client(server) as model:
-        response = await model.complete(
-            ModelRequest(messages=[UserMessage(content="hi")])
-        )
+        response = await model.complete(ModelRequest(messages=[UserMessage(content="hi")]))
 
     assert response.usage.input_tokens == 1_000_000
     assert response.usage.output_tokens == 500_000
@@ -110,9 +106,7 @@ async def test_usage_and_cost_are_reported(server: ProviderServer) -> None:
 async def test_unknown_model_costs_zero_and_says_so(server: ProviderServer) -> None:
     server.script(openai_reply("ok", model="my-finetune"))
     async with client(server, model="my-finetune") as model:
-        response = await model.complete(
-            ModelRequest(messages=[UserMessage(content="hi")])
-        )
+        response = await model.complete(ModelRequest(messages=[UserMessage(content="hi")]))
 
     assert response.cost_usd == 0.0
     assert response.cost_known is False
@@ -121,13 +115,9 @@ async def test_unknown_model_costs_zero_and_says_so(server: ProviderServer) -> N
 @pytest.mark.asyncio
 async def test_price_override_is_used(server: ProviderServer) -> None:
     server.script(openai_reply("ok", model="my-finetune", prompt_tokens=2_000_000))
-    prices = PriceTable(
-        overrides={"my-finetune": Price(input_per_mtok=1.0, output_per_mtok=0)}
-    )
+    prices = PriceTable(overrides={"my-finetune": Price(input_per_mtok=1.0, output_per_mtok=0)})
     async with client(server, model="my-finetune", prices=prices) as model:
-        response = await model.complete(
-            ModelRequest(messages=[UserMessage(content="hi")])
-        )
+        response = await model.complete(ModelRequest(messages=[UserMessage(content="hi")]))
 
     assert response.cost_usd == pytest.approx(2.0)
     assert response.cost_known
@@ -136,9 +126,7 @@ async def test_price_override_is_used(server: ProviderServer) -> None:
 @pytest.mark.asyncio
 async def test_single_tool_call(server: ProviderServer) -> None:
     server.script(openai_reply(None, [("call_1", "get_weather", {"city": "Oslo"})]))
-    request = ModelRequest(
-        messages=[UserMessage(content="Weather in Oslo?")], tools=[WEATHER]
-    )
+    request = ModelRequest(messages=[UserMessage(content="Weather in Oslo?")], tools=[WEATHER])
     async with client(server) as model:
         response = await model.complete(request)
 
@@ -187,9 +175,7 @@ async def test_parallel_tool_calls_round_trip_by_id(server: ProviderServer) -> N
             messages=[
                 question,
                 first.to_message(),
-                ToolResultMessage(
-                    tool_call_id="call_b", content="timeout", is_error=True
-                ),
+                ToolResultMessage(tool_call_id="call_b", content="timeout", is_error=True),
                 ToolResultMessage(tool_call_id="call_a", content="3C"),
             ],
             tools=[WEATHER],
@@ -238,9 +224,7 @@ async def test_malformed_arguments_surface_as_arguments_error(
         openai_reply("fixed"),
     )
     async with client(server) as model:
-        response = await model.complete(
-            ModelRequest(messages=[UserMessage(content="hi")], tools=[WEATHER])
-        )
+        response = await model.complete(ModelRequest(messages=[UserMessage(content="hi")], tools=[WEATHER]))
         bad, not_object = response.tool_calls
         assert bad.arguments_error is not None and "invalid JSON" in bad.arguments_error
         assert bad.arguments_raw == broken
@@ -270,9 +254,7 @@ async def test_malformed_arguments_surface_as_arguments_error(
 
 @pytest.mark.asyncio
 async def test_401_is_a_clear_non_retryable_error(server: ProviderServer) -> None:
-    server.script(
-        openai_error(401, "Incorrect API key provided.", type_="invalid_api_key")
-    )
+    server.script(openai_error(401, "Incorrect API key provided.", type_="invalid_api_key"))
     async with client(server) as model:
         with pytest.raises(AuthenticationError) as caught:
             await model.complete(ModelRequest(messages=[UserMessage(content="hi")]))
@@ -297,9 +279,9 @@ def test_public_api_needs_a_key_and_uses_max_completion_tokens() -> None:
     with pytest.raises(ModelConfigError, match="OPENAI_API_KEY"):
         OpenAIModel("gpt-4o", base_url=DEFAULT_OPENAI_BASE_URL)
 
-    body = OpenAIModel(
-        "o3", api_key="sk-test", base_url=DEFAULT_OPENAI_BASE_URL
-    ).request_body(ModelRequest(messages=[UserMessage(content="hi")], max_tokens=99))
+    body = OpenAIModel("o3", api_key="sk-test", base_url=DEFAULT_OPENAI_BASE_URL).request_body(
+        ModelRequest(messages=[UserMessage(content="hi")], max_tokens=99)
+    )
     assert body["max_completion_tokens"] == 99
     assert "max_tokens" not in body
     assert "temperature" not in body
@@ -310,8 +292,6 @@ async def test_compatible_endpoint_without_key_sends_no_authorization(
     server: ProviderServer,
 ) -> None:
     server.script(openai_reply("hi"))
-    async with OpenAIModel(
-        "llama", api_key="", base_url=server.openai_base_url
-    ) as model:
+    async with OpenAIModel("llama", api_key="", base_url=server.openai_base_url) as model:
         await model.complete(ModelRequest(messages=[UserMessage(content="hi")]))
     assert "authorization" not in server.requests[0].headers

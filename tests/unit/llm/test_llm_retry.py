@@ -46,20 +46,14 @@ def openai(server: ProviderServer, timeout: float = 10.0) -> OpenAIModel:
     )
 
 
-def retrying(
-    inner: ModelClient, sleeps: SleepRecorder, policy: RetryPolicy | None = None
-) -> RetryingModel:
+def retrying(inner: ModelClient, sleeps: SleepRecorder, policy: RetryPolicy | None = None) -> RetryingModel:
     return RetryingModel(inner, policy, sleep=sleeps, rng=random.Random(7))
 
 
 @pytest.mark.asyncio
-async def test_429_with_retry_after_then_success(
-    server: ProviderServer, sleeps: SleepRecorder
-) -> None:
+async def test_429_with_retry_after_then_success(server: ProviderServer, sleeps: SleepRecorder) -> None:
     server.script(
-        openai_error(
-            429, "Rate limit reached", type_="requests", headers={"retry-after": "3"}
-        ),
+        openai_error(429, "Rate limit reached", type_="requests", headers={"retry-after": "3"}),
         openai_reply("done"),
     )
     async with retrying(openai(server), sleeps) as model:
@@ -73,13 +67,9 @@ async def test_429_with_retry_after_then_success(
 
 
 @pytest.mark.asyncio
-async def test_retry_after_ms_and_anthropic_rate_limit(
-    server: ProviderServer, sleeps: SleepRecorder
-) -> None:
+async def test_retry_after_ms_and_anthropic_rate_limit(server: ProviderServer, sleeps: SleepRecorder) -> None:
     server.script(
-        anthropic_error(
-            429, "slow down", type_="rate_limit_error", headers={"retry-after": "2"}
-        ),
+        anthropic_error(429, "slow down", type_="rate_limit_error", headers={"retry-after": "2"}),
         openai_error(429, "slow down", headers={"retry-after-ms": "1500"}),
         openai_reply("ok"),
         anthropic_reply("ok"),
@@ -100,9 +90,7 @@ async def test_500s_exhaust_retries_then_fallback_answers(
 ) -> None:
     with ProviderServer() as primary_server, ProviderServer() as fallback_server:
         primary_server.script(*[openai_error(500, "boom", type_="server_error")] * 3)
-        fallback_server.script(
-            anthropic_reply("from the fallback", model="claude-haiku-4-5")
-        )
+        fallback_server.script(anthropic_reply("from the fallback", model="claude-haiku-4-5"))
         policy = RetryPolicy(max_attempts=3, base_delay=1.0, max_delay=4.0)
         primary = retrying(openai(primary_server), sleeps, policy)
         fallback = retrying(
@@ -139,9 +127,7 @@ async def test_every_model_failing_raises_all_models_failed(
     )
     policy = RetryPolicy(max_attempts=2)
     primary = retrying(openai(server), sleeps, policy)
-    fallback = retrying(
-        AnthropicModel("claude-haiku-4-5", api_key="k", base_url=server.url), sleeps
-    )
+    fallback = retrying(AnthropicModel("claude-haiku-4-5", api_key="k", base_url=server.url), sleeps)
     async with FallbackModel(primary, fallback) as model:
         with pytest.raises(AllModelsFailedError) as caught:
             await model.complete(REQUEST)
@@ -155,12 +141,8 @@ async def test_every_model_failing_raises_all_models_failed(
 
 
 @pytest.mark.asyncio
-async def test_401_is_not_retried(
-    server: ProviderServer, sleeps: SleepRecorder
-) -> None:
-    server.script(
-        openai_error(401, "Incorrect API key provided."), openai_reply("unreached")
-    )
+async def test_401_is_not_retried(server: ProviderServer, sleeps: SleepRecorder) -> None:
+    server.script(openai_error(401, "Incorrect API key provided."), openai_reply("unreached"))
     async with retrying(openai(server), sleeps) as model:
         with pytest.raises(AuthenticationError, match="Incorrect API key provided"):
             await model.complete(REQUEST)
@@ -172,9 +154,7 @@ async def test_401_is_not_retried(
 @pytest.mark.asyncio
 async def test_fallback_can_be_limited_to_some_errors(server: ProviderServer) -> None:
     server.script(openai_error(400, "context too long"), openai_reply("unreached"))
-    model = FallbackModel(
-        openai(server), openai(server), should_fall_back=lambda error: error.retryable
-    )
+    model = FallbackModel(openai(server), openai(server), should_fall_back=lambda error: error.retryable)
     with pytest.raises(ModelError, match="context too long"):
         await model.complete(REQUEST)
     await model.aclose()
@@ -182,12 +162,8 @@ async def test_fallback_can_be_limited_to_some_errors(server: ProviderServer) ->
 
 
 @pytest.mark.asyncio
-async def test_timeout_is_retried(
-    server: ProviderServer, sleeps: SleepRecorder
-) -> None:
-    server.script(
-        Reply(200, openai_reply("late").body, delay=5.0), openai_reply("on time")
-    )
+async def test_timeout_is_retried(server: ProviderServer, sleeps: SleepRecorder) -> None:
+    server.script(Reply(200, openai_reply("late").body, delay=5.0), openai_reply("on time"))
     async with retrying(openai(server, timeout=0.2), sleeps) as model:
         response = await model.complete(REQUEST)
     assert response.text == "on time"
@@ -213,9 +189,7 @@ async def test_connection_refused_is_retryable(sleeps: SleepRecorder) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     # The port is closed again, so nothing listens there.
-    inner = OpenAIModel(
-        "gpt-4o-mini", api_key="k", base_url=f"http://127.0.0.1:{port}/v1"
-    )
+    inner = OpenAIModel("gpt-4o-mini", api_key="k", base_url=f"http://127.0.0.1:{port}/v1")
     async with retrying(inner, sleeps, RetryPolicy(max_attempts=2)) as model:
         with pytest.raises(ModelConnectionError) as caught:
             await model.complete(REQUEST)

@@ -1,0 +1,46 @@
+# Developer entry points. `make test` is the one command CI runs (through .ci/run).
+PYTHON ?= python3
+SERVICES := tests/services
+RUN_DIR ?= $(or $(AGENTSTREAM_RUN),/tmp/agentstream-services)
+export AGENTSTREAM_RUN := $(RUN_DIR)
+
+# Where the tests find the real services that `services-up` starts.
+TEST_ENV = AGENTSTREAM_TEST_KAFKA=127.0.0.1:$${KAFKA_PORT:-19092} \
+           AGENTSTREAM_TEST_REGISTRY=$$(cat $(RUN_DIR)/registry/url)
+
+.PHONY: setup lint test test-unit bench services-up services-down codegen
+
+setup:  ## install agentstream with every extra the tests use, and fetch the services
+	$(PYTHON) -m pip install --disable-pip-version-check -q -e '.[dev,kafka]'
+	bash $(SERVICES)/kafka.sh install
+	bash $(SERVICES)/registry.sh install
+
+lint:  ## ruff, formatting, strict types, the one-way import rule, generated code, schema evolution
+	ruff check .
+	ruff format --check .
+	mypy
+	lint-imports
+	$(PYTHON) -m streams.codegen --check
+	agentstream schemas check
+
+services-up:  ## start Kafka and the schema registry on loopback
+	bash $(SERVICES)/kafka.sh up
+	bash $(SERVICES)/registry.sh up
+
+services-down:
+	-bash $(SERVICES)/registry.sh down
+	-bash $(SERVICES)/kafka.sh down
+
+test: services-up  ## the whole suite against the real services, with coverage
+	$(TEST_ENV) $(PYTHON) -m pytest --cov --cov-report=term --cov-report=xml
+
+test-unit:  ## the fast suite: no services needed
+	$(PYTHON) -m pytest -m unit -q
+
+bench:  ## benchmarks (results go in docs/benchmarks.md by hand, with the machine)
+	$(PYTHON) benchmarks/bench_backbone.py codec
+	$(PYTHON) benchmarks/bench_backbone.py worker
+	$(PYTHON) benchmarks/bench_backbone.py worker --log kafka://127.0.0.1:$${KAFKA_PORT:-19092}
+
+codegen:  ## regenerate streams/events.py from schemas/avro
+	$(PYTHON) -m streams.codegen

@@ -1,0 +1,217 @@
+"""The run view: everything a planner or a person needs to know about one run, folded
+from the run's events in log order.
+
+`RunView.fold(events)` is pure: the same events always give the same view, which is what
+lets any projection store be rebuilt from offset 0 and compared with the live one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from streams.events import (
+    AgentMessage,
+    ApprovalDecided,
+    ApprovalRequested,
+    BudgetCharged,
+    Event,
+    GoalChanged,
+    ObservationRecorded,
+    PlanProposed,
+    RunAborted,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunResumed,
+    RunSuspended,
+    ScratchpadSummarized,
+    TaskSubmitted,
+    ToolCallDispatched,
+    ToolCallRejected,
+    ToolCallRequested,
+)
+
+RunStatus = Literal["running", "suspended", "completed", "failed", "aborted", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "aborted", "cancelled"})
+CallStatus = Literal["requested", "rejected", "awaiting_approval", "dispatched", "observed"]
+
+
+@dataclass
+class CallView:
+    """One tool call of a step, from request to observation."""
+
+    tool_call_id: str
+    tool: str
+    arguments_json: str
+    status: CallStatus = "requested"
+    ok: bool | None = None
+    data_json: str | None = None
+    error: str | None = None
+    rejection: list[str] = field(default_factory=list)
+    idempotency_key: str | None = None
+    duration_ms: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("rejected", "observed")
+
+
+@dataclass
+class StepView:
+    """One planner step: what it thought and which calls it made."""
+
+    step: int
+    thought: str
+    model: str
+    calls: list[CallView] = field(default_factory=list)
+
+
+@dataclass
+class RunView:
+    """A run as of its latest folded event."""
+
+    run_id: str
+    tenant_id: str = ""
+    goal: str = ""
+    model: str | None = None
+    fallback_model: str | None = None
+    tools: list[str] = field(default_factory=list)
+    max_steps: int | None = None
+    max_tokens: int | None = None
+    max_usd: float | None = None
+    deadline: datetime | None = None
+    status: RunStatus = "running"
+    steps: list[StepView] = field(default_factory=list)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    tool_calls: int = 0
+    summary: str | None = None
+    summary_up_to_step: int = 0
+    answer: str | None = None
+    error: str | None = None
+    goal_history: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    submitted_at: datetime | None = None
+    updated_at: datetime | None = None
+    last_event_id: str | None = None
+    last_event_type: str | None = None
+    events: int = 0
+    pending_approvals: dict[str, str] = field(default_factory=dict)
+    """approval id -> tool call id, for requests not yet decided."""
+    _calls: dict[str, CallView] = field(default_factory=dict, repr=False)
+
+    @property
+    def step(self) -> int:
+        return self.steps[-1].step if self.steps else 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def call(self, tool_call_id: str) -> CallView | None:
+        return self._calls.get(tool_call_id)
+
+    @property
+    def pending_calls(self) -> list[CallView]:
+        """Calls of the latest step that have no observation or rejection yet."""
+        return [c for c in self.steps[-1].calls if not c.done] if self.steps else []
+
+    @classmethod
+    def fold(cls, run_id: str, events: Iterable[Event]) -> RunView:
+        view = cls(run_id)
+        for event in events:
+            view.apply(event)
+        return view
+
+    def apply(self, event: Event) -> None:
+        """Fold one more event into the view."""
+        self.events += 1
+        self.last_event_id = event.meta.event_id
+        self.last_event_type = event.type_name
+        self.updated_at = event.meta.occurred_at
+        match event:
+            case TaskSubmitted():
+                self.tenant_id = event.meta.tenant_id
+                self.goal = event.goal
+                self.goal_history.append(event.goal)
+                self.model = event.model
+                self.fallback_model = event.fallback_model
+                self.tools = list(event.tools)
+                self.max_steps = event.budget.max_steps
+                self.max_tokens = event.budget.max_tokens
+                self.max_usd = event.budget.max_usd
+                self.deadline = event.budget.deadline
+                self.submitted_at = event.meta.occurred_at
+            case PlanProposed():
+                self.steps.append(StepView(event.step, event.thought, event.model))
+            case ToolCallRequested():
+                call = CallView(event.tool_call_id, event.tool, event.arguments_json)
+                self._calls[call.tool_call_id] = call
+                step = next((s for s in reversed(self.steps) if s.step == event.step), None)
+                if step is None:
+                    step = StepView(event.step, "", "")
+                    self.steps.append(step)
+                step.calls.append(call)
+            case ToolCallRejected():
+                if rejected := self._calls.get(event.tool_call_id):
+                    rejected.status = "rejected"
+                    rejected.rejection = [event.reason, *event.errors]
+            case ApprovalRequested():
+                self.pending_approvals[event.approval_id] = event.tool_call_id
+                if waiting := self._calls.get(event.tool_call_id):
+                    waiting.status = "awaiting_approval"
+            case ApprovalDecided():
+                self.pending_approvals.pop(event.approval_id, None)
+            case ToolCallDispatched():
+                if dispatched := self._calls.get(event.tool_call_id):
+                    dispatched.status = "dispatched"
+                    dispatched.arguments_json = event.arguments_json
+                    dispatched.idempotency_key = event.idempotency_key
+            case ObservationRecorded():
+                if observed := self._calls.get(event.tool_call_id):
+                    observed.status = "observed"
+                    observed.ok = event.ok
+                    observed.data_json = event.data_json
+                    observed.error = event.error
+                    observed.duration_ms = event.duration_ms
+            case BudgetCharged():
+                self.input_tokens += event.usage.input_tokens
+                self.output_tokens += event.usage.output_tokens
+                self.cost_usd += event.usage.cost_usd
+                self.tool_calls += event.tool_calls
+            case ScratchpadSummarized():
+                self.summary = event.summary
+                self.summary_up_to_step = event.up_to_step
+            case GoalChanged():
+                self.goal = event.goal
+                self.goal_history.append(event.goal)
+            case AgentMessage():
+                self.messages.append(f"{event.from_agent}: {event.content}")
+            case RunSuspended():
+                if not self.terminal:
+                    self.status = "suspended"
+            case RunResumed():
+                if not self.terminal:
+                    self.status = "running"
+            case RunCompleted():
+                self.status = "completed"
+                self.answer = event.answer
+            case RunFailed():
+                self.status = "failed"
+                self.error = event.error
+            case RunAborted():
+                self.status = "aborted"
+                self.error = f"{event.limit}: {event.reason}"
+            case RunCancelled():
+                self.status = "cancelled"
+                self.error = event.reason
+            case _:
+                pass

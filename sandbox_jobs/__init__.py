@@ -1,0 +1,1 @@
+"""Sandboxed jobs: job specs, launchers (local bubblewrap, Kubernetes) and result collection."""
