@@ -61,8 +61,18 @@ class Backends:
 
 @click.group()
 @click.option("--home", envvar="AGENTSTREAM_HOME", help="Data directory of the embedded default.")
-@click.option("--log", "log_url", envvar="AGENTSTREAM_LOG_URL", help="Event log URL: sqlite:///PATH or kafka://HOST:PORT.")
-@click.option("--registry", "registry_url", envvar="AGENTSTREAM_REGISTRY_URL", help="Schema registry URL: sqlite:///PATH or http(s)://HOST.")
+@click.option(
+    "--log",
+    "log_url",
+    envvar="AGENTSTREAM_LOG_URL",
+    help="Event log URL: sqlite:///PATH or kafka://HOST:PORT.",
+)
+@click.option(
+    "--registry",
+    "registry_url",
+    envvar="AGENTSTREAM_REGISTRY_URL",
+    help="Schema registry URL: sqlite:///PATH or http(s)://HOST.",
+)
 @click.version_option(package_name="agentstream")
 @click.pass_context
 def main(ctx: click.Context, home: str | None, log_url: str | None, registry_url: str | None) -> None:

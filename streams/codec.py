@@ -74,9 +74,7 @@ class EventCodec:
     def __init__(self, registry: SchemaRegistry, events: dict[str, EventSchema] | None = None):
         self.registry = registry
         self.events = events or catalogue()
-        self._by_fullname = (
-            by_fullname() if events is None else {s.fullname: s for s in events.values()}
-        )
+        self._by_fullname = by_fullname() if events is None else {s.fullname: s for s in events.values()}
         self._ids: dict[tuple[str, str], int] = {}
         self._writers: dict[int, WriterSchema] = {}
 

@@ -91,7 +91,6 @@ def render() -> str:
         "Do not edit by hand: change the `.avsc` files and regenerate.",
         '"""',
         "",
-        "# ruff: noqa: E501",
         "from __future__ import annotations",
         "",
         "from datetime import datetime",

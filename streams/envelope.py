@@ -20,9 +20,7 @@ def new_run_id() -> str:
     return str(uuid.uuid4())
 
 
-def root_meta(
-    run_id: str, tenant_id: str, producer: str, *, trace_id: str | None = None
-) -> EventMeta:
+def root_meta(run_id: str, tenant_id: str, producer: str, *, trace_id: str | None = None) -> EventMeta:
     """Meta for an event that starts a causal chain, such as a submitted task."""
     return EventMeta(
         event_id=str(uuid.uuid4()),

@@ -3,7 +3,6 @@
 Do not edit by hand: change the `.avsc` files and regenerate.
 """
 
-# ruff: noqa: E501
 from __future__ import annotations
 
 from datetime import datetime

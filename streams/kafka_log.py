@@ -32,9 +32,7 @@ try:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaError, ProducerFenced, TopicAlreadyExistsError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
-        "the Kafka backend needs aiokafka: pip install 'agentstream[kafka]'"
-    ) from exc
+    raise ImportError("the Kafka backend needs aiokafka: pip install 'agentstream[kafka]'") from exc
 
 _TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
 
@@ -296,17 +294,13 @@ class KafkaGroupConsumer(GroupConsumer):
 
     async def poll(self, max_records: int, timeout_s: float) -> list[LogRecord]:
         try:
-            batches = await self._consumer.getmany(
-                timeout_ms=int(timeout_s * 1000), max_records=max_records
-            )
+            batches = await self._consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         except KafkaError as exc:
             raise _translate(exc, f"polling {self.group}") from exc
         self._polled_generation = self._listener.generation
         return [_to_record(msg) for msgs in batches.values() for msg in msgs]
 
-    async def commit(
-        self, outputs: Sequence[OutgoingRecord], consumed: Mapping[TopicPartition, int]
-    ) -> None:
+    async def commit(self, outputs: Sequence[OutgoingRecord], consumed: Mapping[TopicPartition, int]) -> None:
         if self._listener.generation != self._polled_generation:
             await self.rewind()
             raise EventLogError(f"{self.group}: partitions were reassigned mid-batch", retryable=True)

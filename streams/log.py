@@ -94,9 +94,7 @@ class GroupConsumer(ABC):
         """Up to `max_records` records after the current position, waiting up to `timeout_s`."""
 
     @abstractmethod
-    async def commit(
-        self, outputs: Sequence[OutgoingRecord], consumed: Mapping[TopicPartition, int]
-    ) -> None:
+    async def commit(self, outputs: Sequence[OutgoingRecord], consumed: Mapping[TopicPartition, int]) -> None:
         """Atomically append `outputs` and set committed offsets to `consumed` (next offsets)."""
 
     @abstractmethod
@@ -134,9 +132,7 @@ class EventLog(ABC):
         """Append records durably, in order per partition; returns each one's position."""
 
     @abstractmethod
-    async def read(
-        self, topic: str, partition: int, offset: int, limit: int
-    ) -> list[LogRecord]:
+    async def read(self, topic: str, partition: int, offset: int, limit: int) -> list[LogRecord]:
         """Up to `limit` committed records of one partition starting at `offset`."""
 
     @abstractmethod

@@ -13,7 +13,7 @@ import json
 import sqlite3
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -25,7 +25,7 @@ from avro.schema import parse as parse_avro
 from streams.errors import ConfigError, IncompatibleSchema, SchemaRegistryError
 
 
-class Compatibility(str, Enum):
+class Compatibility(StrEnum):
     """Compatibility levels, with the meaning Confluent's registry gives them."""
 
     NONE = "NONE"
@@ -52,9 +52,8 @@ def subject_for(topic: str, record_fullname: str) -> str:
 
 def _reads(reader: str, writer: str) -> list[str]:
     """Problems a reader with schema `reader` has decoding data written with `writer`."""
-    result = ReaderWriterCompatibilityChecker().get_compatibility(
-        parse_avro(reader), parse_avro(writer)
-    )
+    checker = ReaderWriterCompatibilityChecker()  # type: ignore[no-untyped-call]
+    result = checker.get_compatibility(parse_avro(reader), parse_avro(writer))
     if result.compatibility is SchemaCompatibilityType.compatible:
         return []
     # The checker keeps messages and locations as unordered sets: report both, sorted.
@@ -63,9 +62,7 @@ def _reads(reader: str, writer: str) -> list[str]:
     return [f"{kinds}: {message} (at {where})" for message in sorted(result.messages)]
 
 
-def check_compatibility(
-    candidate: str, existing: list[str], level: Compatibility
-) -> CompatibilityResult:
+def check_compatibility(candidate: str, existing: list[str], level: Compatibility) -> CompatibilityResult:
     """Check `candidate` against the `existing` versions (oldest first) at `level`."""
     if level is Compatibility.NONE or not existing:
         return CompatibilityResult(True)
@@ -149,9 +146,7 @@ class EmbeddedSchemaRegistry(SchemaRegistry):
         return [(int(r[0]), str(r[1])) for r in rows]
 
     def _level(self, subject: str) -> Compatibility:
-        row = self._db.execute(
-            "SELECT level FROM subject_config WHERE subject = ?", (subject,)
-        ).fetchone()
+        row = self._db.execute("SELECT level FROM subject_config WHERE subject = ?", (subject,)).fetchone()
         return Compatibility(row[0]) if row else self.default_level
 
     async def register(self, subject: str, schema_json: str) -> int:

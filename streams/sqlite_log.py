@@ -168,9 +168,7 @@ class SqliteEventLog(EventLog):
             tp_id = self._tp_id(tp)
             offset = next_offsets.get(tp_id)
             if offset is None:
-                row = self._db.execute(
-                    "SELECT next_offset FROM partitions WHERE tp = ?", (tp_id,)
-                ).fetchone()
+                row = self._db.execute("SELECT next_offset FROM partitions WHERE tp = ?", (tp_id,)).fetchone()
                 offset = int(row[0])
             next_offsets[tp_id] = offset + 1
             rows.append((tp_id, offset, record.key, record.value, _encode_headers(record.headers), now))
@@ -233,8 +231,7 @@ class SqliteEventLog(EventLog):
             (tp_id, offset, limit),
         ).fetchall()
         return [
-            LogRecord(topic, partition, int(o), k, v, _decode_headers(h), int(ts))
-            for o, k, v, h, ts in rows
+            LogRecord(topic, partition, int(o), k, v, _decode_headers(h), int(ts)) for o, k, v, h, ts in rows
         ]
 
     async def end_offset(self, topic: str, partition: int) -> int:
@@ -284,7 +281,7 @@ class SqliteGroupConsumer(GroupConsumer):
     async def start(self, lock_timeout_s: float = 30.0) -> None:
         digest = hashlib.sha256(self.group.encode()).hexdigest()[:16]
         lock_path = self.log.path.with_name(f"{self.log.path.name}.group-{digest}.lock")
-        handle = open(lock_path, "a+b")  # noqa: SIM115 - held for the consumer's lifetime
+        handle = open(lock_path, "a+b")  # noqa: SIM115, ASYNC230 - a local lock file, held while the consumer lives
         deadline = time.monotonic() + lock_timeout_s
         while True:
             try:
@@ -344,15 +341,11 @@ class SqliteGroupConsumer(GroupConsumer):
             except TimeoutError:
                 idle_wait = min(idle_wait * 2, 0.05)
 
-    async def commit(
-        self, outputs: Sequence[OutgoingRecord], consumed: Mapping[TopicPartition, int]
-    ) -> None:
+    async def commit(self, outputs: Sequence[OutgoingRecord], consumed: Mapping[TopicPartition, int]) -> None:
         self.log._commit(self.group, outputs, consumed)
 
     async def rewind(self) -> None:
-        self._positions = {
-            tp: self.log._committed(self.group, tp_id) for tp, tp_id in self._tp_ids.items()
-        }
+        self._positions = {tp: self.log._committed(self.group, tp_id) for tp, tp_id in self._tp_ids.items()}
 
     async def committed(self, tp: TopicPartition) -> int:
         return self.log._committed(self.group, self.log._tp_id(tp))

@@ -41,4 +41,4 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("AGENTSTREAM_HOME", str(tmp_path / "home"))
     for variable in ("AGENTSTREAM_LOG_URL", "AGENTSTREAM_REGISTRY_URL", "AGENTSTREAM_TOPIC_PREFIX"):
         monkeypatch.delenv(variable, raising=False)
-    yield tmp_path / "home"
+    return tmp_path / "home"

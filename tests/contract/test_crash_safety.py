@@ -34,8 +34,19 @@ def _spawn(backend: Backend, log_file: Path) -> subprocess.Popen[bytes]:
         "PYTHONPATH": str(ROOT),
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "agentstream", "worker", "tests.support.handlers:SlowEcho", "--batch-size", "25"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log_file.open("ab"),
+        [
+            sys.executable,
+            "-m",
+            "agentstream",
+            "worker",
+            "tests.support.handlers:SlowEcho",
+            "--batch-size",
+            "25",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log_file.open("ab"),
     )
 
 

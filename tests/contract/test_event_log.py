@@ -65,7 +65,9 @@ async def test_a_key_always_lands_in_the_same_partition(backend: Backend, log: E
 async def test_order_within_a_partition_follows_append_order(backend: Backend, log: EventLog) -> None:
     topic = backend.topics.events
     for batch in range(5):
-        await log.append([OutgoingRecord(topic, b"k", f"{batch}-{i}".encode(), partition=0) for i in range(20)])
+        await log.append(
+            [OutgoingRecord(topic, b"k", f"{batch}-{i}".encode(), partition=0) for i in range(20)]
+        )
     values = [r.value.decode() for r in await log.read(topic, 0, 0, 1000)]
     assert values == [f"{b}-{i}" for b in range(5) for i in range(20)]
 

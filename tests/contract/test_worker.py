@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import struct
 
-import pytest
-
 from streams.codec import DeadLetterReason, EventCodec
 from streams.errors import PoisonEvent
 from streams.events import RunResumed
@@ -23,8 +21,15 @@ async def _no_sleep(_: float) -> None:
 
 def _worker(backend: Backend, log: EventLog, codec: EventCodec, **kwargs: object) -> Worker:
     return Worker(
-        log, codec, Echo(), topics=backend.topics, batch_size=50, poll_timeout_s=0.2,
-        retry=RetryPolicy(max_attempts=3), sleep=_no_sleep, **kwargs,  # type: ignore[arg-type]
+        log,
+        codec,
+        Echo(),
+        topics=backend.topics,
+        batch_size=50,
+        poll_timeout_s=0.2,
+        retry=RetryPolicy(max_attempts=3),
+        sleep=_no_sleep,
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
@@ -107,7 +112,8 @@ async def test_retryable_failures_back_off_then_succeed(backend: Backend, log: E
     await worker.stop()
     assert worker.stats.retries == 2
     assert sorted(o.reason for o in await _outputs(log, codec, backend.topics.events)) == [
-        "echo:after", "echo:flaky:2",
+        "echo:after",
+        "echo:flaky:2",
     ]
     assert await _all(log, backend.topics.dlq) == []
 
@@ -118,7 +124,12 @@ async def test_every_kind_of_poison_goes_to_the_dlq_and_the_worker_keeps_going(
     codec = backend.codec()
     topic = backend.topics.events
     await _append(backend, log, codec, ["before"])
-    foreign = {"type": "record", "name": "Alien", "namespace": "elsewhere", "fields": [{"name": "x", "type": "int"}]}
+    foreign = {
+        "type": "record",
+        "name": "Alien",
+        "namespace": "elsewhere",
+        "fields": [{"name": "x", "type": "int"}],
+    }
     alien_id = await codec.registry.register(f"{topic}-elsewhere.Alien", json.dumps(foreign))
     good = await codec.encode(topic, message("run-p", "template"))
     poison = {
@@ -139,7 +150,8 @@ async def test_every_kind_of_poison_goes_to_the_dlq_and_the_worker_keeps_going(
     dead = await _all(log, backend.topics.dlq)
     reasons = {r.header("dlq.reason").decode(): r for r in dead}  # type: ignore[union-attr]
     expected = set(poison) | {
-        DeadLetterReason.HANDLER_REJECTED, DeadLetterReason.RETRIES_EXHAUSTED,
+        DeadLetterReason.HANDLER_REJECTED,
+        DeadLetterReason.RETRIES_EXHAUSTED,
     }
     assert set(reasons) == expected
     assert len(dead) == len(poison) + 3  # reject and crash are both handler_rejected

@@ -18,7 +18,7 @@ def message(run_id: str, content: str, tenant: str = "acme") -> AgentMessage:
 def _sample(avro_type: Any, seed: int) -> Any:
     """A non-default value of an Avro type, so round trips exercise every field."""
     if isinstance(avro_type, list):
-        return _sample([b for b in avro_type if b != "null"][0], seed)
+        return _sample(next(b for b in avro_type if b != "null"), seed)
     if isinstance(avro_type, dict):
         if avro_type.get("logicalType") == "timestamp-millis":
             from datetime import UTC, datetime

@@ -100,7 +100,7 @@ async def test_old_writer_data_is_read_with_the_current_schema(
         (b"", DeadLetterReason.TOO_SHORT),
         (b"\x00\x00\x01", DeadLetterReason.TOO_SHORT),
         (b"\x01\x00\x00\x00\x01payload", DeadLetterReason.WRONG_MAGIC_BYTE),
-        (b"{\"json\": true}", DeadLetterReason.WRONG_MAGIC_BYTE),
+        (b'{"json": true}', DeadLetterReason.WRONG_MAGIC_BYTE),
         (b"\x00\x00\x0f\x42\x40payload", DeadLetterReason.UNKNOWN_SCHEMA_ID),
     ],
 )
@@ -121,7 +121,12 @@ async def test_a_corrupt_body_is_poison(codec: EventCodec) -> None:
 async def test_a_type_outside_the_catalogue_is_poison(
     codec: EventCodec, registry: EmbeddedSchemaRegistry
 ) -> None:
-    foreign = {"type": "record", "name": "Alien", "namespace": "elsewhere", "fields": [{"name": "x", "type": "int"}]}
+    foreign = {
+        "type": "record",
+        "name": "Alien",
+        "namespace": "elsewhere",
+        "fields": [{"name": "x", "type": "int"}],
+    }
     schema_id = await registry.register("t-elsewhere.Alien", json.dumps(foreign))
     data = struct.pack(">bI", 0, schema_id) + b"\x02"
     with pytest.raises(PoisonEvent) as caught:
