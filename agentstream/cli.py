@@ -17,6 +17,17 @@ from agentstream.config import Settings
 from streams.backends import open_log
 from streams.codec import EventCodec
 from streams.errors import AgentstreamError, PoisonEvent
+from streams.events import (
+    BudgetCharged,
+    Event,
+    ObservationRecorded,
+    PlanProposed,
+    RunAborted,
+    RunFailed,
+    ScratchpadSummarized,
+    ToolCallRejected,
+    ToolCallRequested,
+)
 from streams.log import EventLog
 from streams.reading import event_json, read_run
 from streams.registry import open_registry
@@ -226,3 +237,135 @@ def schemas_release() -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     click.echo("\n".join(released) if released else "nothing to release")
+
+
+def _short(text: str | None, limit: int = 160) -> str:
+    text = (text or "").replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class RunProgress:
+    """Prints a run's events as they arrive: thoughts, calls, observations, cost."""
+
+    def __init__(self, console: Any) -> None:
+        self.console = console
+        self.tokens = 0
+        self.cost = 0.0
+
+    def show(self, event: Event) -> None:
+        c = self.console
+        match event:
+            case PlanProposed():
+                c.print(f"[bold cyan]step {event.step}[/] [dim]{event.model}[/]  {_short(event.thought)}")
+            case ToolCallRequested():
+                c.print(f"  [yellow]→ {event.tool}[/] {_short(event.arguments_json, 120)}")
+            case ToolCallRejected():
+                c.print(
+                    f"  [red]✗ {event.tool} rejected ({event.reason})[/] {_short('; '.join(event.errors))}"
+                )
+            case ObservationRecorded():
+                if event.ok:
+                    c.print(f"  [green]← {event.tool}[/] {_short(event.data_json)}")
+                else:
+                    c.print(f"  [red]← {event.tool} failed[/] {_short(event.error)}")
+            case BudgetCharged():
+                self.tokens += event.usage.input_tokens + event.usage.output_tokens
+                self.cost += event.usage.cost_usd
+                if event.source == "model":
+                    c.print(f"  [dim]tokens {self.tokens} · ${self.cost:.4f}[/]")
+            case ScratchpadSummarized():
+                c.print(f"  [dim]summarized steps 1-{event.up_to_step} ({event.method})[/]")
+            case RunAborted():
+                c.print(f"[bold red]aborted[/] {event.limit}: {event.reason}")
+            case RunFailed():
+                c.print(f"[bold red]failed[/] {event.error}")
+            case _:
+                pass
+
+
+@main.command()
+@click.argument("goal")
+@click.option("--model", help="Model spec: local:default, openai:<model>, anthropic:<model>.")
+@click.option("--fallback-model", help="Model spec used when the primary keeps failing.")
+@click.option("--tenant", default="default", show_default=True)
+@click.option("--max-steps", type=int, default=10, show_default=True)
+@click.option("--max-tokens", type=int, help="Token budget of the run.")
+@click.option("--max-usd", type=float, help="Money budget of the run, in US dollars.")
+@click.option("--timeout", "timeout_s", type=float, help="Wall-clock limit of the run, in seconds.")
+@click.option(
+    "--policy", "policy_file", type=click.Path(exists=True, dir_okay=False), help="Policy JSON file."
+)
+@click.option("--allow-host", multiple=True, help="Host http_fetch may reach (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the outcome.")
+@click.pass_obj
+def run(
+    settings: Settings,
+    goal: str,
+    model: str | None,
+    fallback_model: str | None,
+    tenant: str,
+    max_steps: int,
+    max_tokens: int | None,
+    max_usd: float | None,
+    timeout_s: float | None,
+    policy_file: str | None,
+    allow_host: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Run an agent on GOAL until it answers or a limit stops it; exit 0 only on success."""
+    from datetime import UTC, datetime, timedelta
+
+    from rich.console import Console
+
+    from agentstream.runtime import AgentRuntime, Task
+    from handlers.policy import ToolPolicy
+
+    try:
+        policy = (
+            ToolPolicy.from_file(policy_file, allow_host) if policy_file else ToolPolicy.build({}, allow_host)
+        )
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--policy") from exc
+    deadline = datetime.now(UTC) + timedelta(seconds=timeout_s) if timeout_s else None
+    task = Task(
+        goal=goal,
+        tenant=tenant,
+        model=model,
+        fallback_model=fallback_model,
+        max_steps=max_steps,
+        max_tokens=max_tokens,
+        max_usd=max_usd,
+        deadline=deadline,
+    )
+    console = Console(stderr=True, highlight=False)
+    progress = RunProgress(console)
+
+    async def go() -> dict[str, Any]:
+        runtime = AgentRuntime(settings, policy=policy)
+        await runtime.start()
+        try:
+            run_id = await runtime.submit(task)
+            if not as_json:
+                console.print(f"[dim]run {run_id} · {settings.log_url}[/]")
+            async for event in runtime.follow(run_id):
+                if not as_json:
+                    progress.show(event)
+            view = await runtime.view(run_id)
+        finally:
+            await runtime.stop()
+        return {
+            "run_id": view.run_id,
+            "status": view.status,
+            "answer": view.answer,
+            "error": view.error,
+            "steps": view.step,
+            "tokens": view.total_tokens,
+            "cost_usd": round(view.cost_usd, 6),
+        }
+
+    outcome = _run(go())
+    if as_json:
+        click.echo(json.dumps(outcome))
+    elif outcome["status"] == "completed":
+        click.echo(outcome["answer"])
+    sys.exit(0 if outcome["status"] == "completed" else 1)

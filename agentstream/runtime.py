@@ -1,0 +1,173 @@
+"""The agent runtime: every handler of the agent loop, hosted as workers in one process.
+
+This is the embedded deployment (and what `agentstream run` and `agentstream serve` use):
+the planner, tool router, tool executor and evaluator each run as a member of their own
+consumer group over the configured log, in one asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from agentstream.config import Settings
+from handlers.evaluator import Evaluator
+from handlers.llm.base import ModelClient
+from handlers.planner import Planner, PlannerSettings, default_models
+from handlers.policy import ToolPolicy
+from handlers.router import ToolRouter
+from handlers.tool_executor import ToolExecutor
+from handlers.tools.base import ToolRegistry, builtin_registry
+from projections.blobs import BlobStore
+from projections.idempotency import IdempotencyLedger, open_ledger
+from projections.run_view import TERMINAL, RunView, RunViews
+from streams.backends import open_log
+from streams.codec import EventCodec
+from streams.envelope import new_run_id, root_meta
+from streams.events import Budget, Event, TaskSubmitted
+from streams.log import EventLog, OutgoingRecord
+from streams.partitioning import partition_for
+from streams.registry import SchemaRegistry, open_registry
+from streams.worker import Handler, Worker
+
+TERMINAL_TYPES = frozenset({"RunCompleted", "RunFailed", "RunAborted", "RunCancelled"})
+
+
+@dataclass
+class Task:
+    """What a person or system asks an agent to do."""
+
+    goal: str
+    tenant: str = "default"
+    model: str | None = None
+    fallback_model: str | None = None
+    max_steps: int | None = 10
+    max_tokens: int | None = None
+    max_usd: float | None = None
+    deadline: datetime | None = None
+    tools: list[str] = field(default_factory=list)
+    submitted_by: str = "cli"
+    run_id: str = field(default_factory=new_run_id)
+
+    def event(self) -> TaskSubmitted:
+        return TaskSubmitted(
+            meta=root_meta(self.run_id, self.tenant, "cli"),
+            goal=self.goal,
+            model=self.model,
+            fallback_model=self.fallback_model,
+            budget=Budget(
+                max_steps=self.max_steps,
+                max_tokens=self.max_tokens,
+                max_usd=self.max_usd,
+                deadline=self.deadline,
+            ),
+            tools=self.tools,
+            submitted_by=self.submitted_by,
+        )
+
+
+class AgentRuntime:
+    """Opens the backends, hosts the agent-loop workers, submits and follows runs."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: ToolRegistry | None = None,
+        policy: ToolPolicy | None = None,
+        planner: PlannerSettings | None = None,
+        models: Callable[[str], ModelClient] = default_models,
+        member: str = "0",
+    ) -> None:
+        self.settings = settings
+        self.tools = registry or builtin_registry()
+        self.policy = policy or ToolPolicy()
+        self.planner_settings = planner or PlannerSettings()
+        self.models = models
+        self.member = member
+        self.log: EventLog = open_log(settings.log_url)
+        self.registry: SchemaRegistry = open_registry(settings.registry_url)
+        self.codec = EventCodec(self.registry)
+        self.views = RunViews(self.log, self.codec, settings.topics)
+        self.ledger: IdempotencyLedger = open_ledger(f"sqlite://{settings.home}/ledger.db")
+        self.blobs = BlobStore(settings.home / "blobs")
+        self.handlers: list[Handler] = []
+        self.workers: list[Worker] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        for spec in self.settings.topics.specs():
+            await self.log.create_topic(spec)
+        self.planner = Planner(self.views, self.tools, self.planner_settings, self.models)
+        self.handlers = [
+            self.planner,
+            ToolRouter(self.views, self.tools, self.policy),
+            ToolExecutor(self.tools, self.ledger, self.blobs, self.policy),
+            Evaluator(self.views),
+        ]
+        self.workers = [
+            Worker(
+                self.log, self.codec, h, topics=self.settings.topics, member=self.member, poll_timeout_s=0.05
+            )
+            for h in self.handlers
+        ]
+        for worker in self.workers:
+            await worker.start()
+        self._tasks = [asyncio.create_task(self._serve(w), name=w.group) for w in self.workers]
+
+    async def _serve(self, worker: Worker) -> None:
+        while not self._stop.is_set():
+            await worker.step()
+
+    def check_health(self) -> None:
+        """Raise the error of any worker that died."""
+        for task in self._tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise RuntimeError(f"worker {task.get_name()} stopped") from task.exception()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 5)
+        for worker in self.workers:
+            await worker.stop()
+        await self.planner.aclose() if self.handlers else None
+        await self.ledger.aclose()
+        await self.log.close()
+        await self.registry.aclose()
+
+    async def submit(self, task: Task) -> str:
+        event = task.event()
+        topic = self.settings.topics.events
+        value = await self.codec.encode(topic, event)
+        await self.log.append([OutgoingRecord(topic, task.run_id.encode(), value)])
+        return task.run_id
+
+    async def follow(self, run_id: str, poll_s: float = 0.02) -> AsyncIterator[Event]:
+        """The run's events as they are appended, until (and including) its terminal one."""
+        topic = self.settings.topics.events
+        key = run_id.encode()
+        partition = partition_for(key, await self.log.partitions(topic))
+        offset = 0
+        while True:
+            records = await self.log.read_key(topic, partition, key, offset)
+            for record in records:
+                offset = record.offset + 1
+                event = await self.codec.decode(record.value)
+                yield event
+                if event.type_name in TERMINAL_TYPES:
+                    return
+            if not records:
+                self.check_health()
+                await asyncio.sleep(poll_s)
+
+    async def view(self, run_id: str) -> RunView:
+        return await self.views.view(run_id)
+
+
+__all__ = ["TERMINAL", "AgentRuntime", "Task"]
