@@ -135,6 +135,24 @@ class EventLog(ABC):
     async def read(self, topic: str, partition: int, offset: int, limit: int) -> list[LogRecord]:
         """Up to `limit` committed records of one partition starting at `offset`."""
 
+    async def read_key(
+        self, topic: str, partition: int, key: bytes, from_offset: int = 0
+    ) -> list[LogRecord]:
+        """Every committed record of one partition with this key, from `from_offset` on.
+
+        The default scans the partition; backends with an index on keys override it.
+        """
+        end = await self.end_offset(topic, partition)
+        found: list[LogRecord] = []
+        offset = from_offset
+        while offset < end:
+            batch = await self.read(topic, partition, offset, 5000)
+            if not batch:
+                break
+            found.extend(r for r in batch if r.key == key)
+            offset = batch[-1].offset + 1
+        return found
+
     @abstractmethod
     async def end_offset(self, topic: str, partition: int) -> int:
         """The offset the next record appended to the partition will take."""

@@ -13,26 +13,17 @@ from streams.topics import Topics
 
 
 async def read_run(
-    log: EventLog, codec: EventCodec, topics: Topics, run_id: str, *, page: int = 2000
+    log: EventLog, codec: EventCodec, topics: Topics, run_id: str
 ) -> AsyncIterator[tuple[LogRecord, Event]]:
     """Every event of a run, in log order, decoded.
 
-    A run's events share one partition (key = run id), so this scans that partition only.
-    Records that cannot be decoded are skipped here; the workers dead-letter them.
+    A run's events share one partition (key = run id), so only that partition is read.
     """
     topic = topics.events
     key = run_id.encode()
     partition = partition_for(key, await log.partitions(topic))
-    end = await log.end_offset(topic, partition)
-    offset = 0
-    while offset < end:
-        batch = await log.read(topic, partition, offset, page)
-        if not batch:
-            break
-        for record in batch:
-            if record.key == key:
-                yield record, await codec.decode(record.value)
-        offset = batch[-1].offset + 1
+    for record in await log.read_key(topic, partition, key):
+        yield record, await codec.decode(record.value)
 
 
 def event_json(record: LogRecord, event: Event) -> dict[str, Any]:

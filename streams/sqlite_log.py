@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS records (
   headers TEXT,
   ts INTEGER NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS records_by_position ON records (tp, offset);
+CREATE INDEX IF NOT EXISTS records_by_key ON records (tp, key, offset);
 CREATE TABLE IF NOT EXISTS group_offsets (
   group_id TEXT NOT NULL,
   tp INTEGER NOT NULL,
@@ -232,6 +233,20 @@ class SqliteEventLog(EventLog):
         ).fetchall()
         return [
             LogRecord(topic, partition, int(o), k, v, _decode_headers(h), int(ts)) for o, k, v, h, ts in rows
+        ]
+
+    async def read_key(
+        self, topic: str, partition: int, key: bytes, from_offset: int = 0
+    ) -> list[LogRecord]:
+        tp_id = self._tp_id(TopicPartition(topic, partition))
+        rows = self._db.execute(
+            "SELECT offset, key, value, headers, ts FROM records"
+            " WHERE tp = ? AND key = ? AND offset >= ? ORDER BY offset",
+            (tp_id, key, from_offset),
+        ).fetchall()
+        return [
+            LogRecord(topic, partition, int(o), k, v, _decode_headers(h), int(ts))
+            for o, k, v, h, ts in rows
         ]
 
     async def end_offset(self, topic: str, partition: int) -> int:

@@ -70,6 +70,9 @@ class Handler(ABC):
     """Names the consumer group (`<prefix>.<name>`) and the `producer` of outputs."""
     consumes: frozenset[str]
     """Event type names this handler receives; others are skipped without decoding."""
+    ordered: bool = True
+    """Handle a run's events one at a time, in log order. A handler whose events are
+    independent of each other (a tool worker) sets False to handle them concurrently."""
 
     @abstractmethod
     async def handle(self, event: Event, ctx: HandlerContext) -> Sequence[Event]:
@@ -162,7 +165,7 @@ class Worker:
         # Records of one run (one key) are handled in order; different runs concurrently.
         by_key: dict[bytes | None, list[int]] = {}
         for index, record in enumerate(records):
-            by_key.setdefault(record.key, []).append(index)
+            by_key.setdefault(record.key if self.handler.ordered else index.to_bytes(4), []).append(index)
         results: list[list[OutgoingRecord]] = [[] for _ in records]
 
         async def handle_run(indexes: list[int]) -> None:
