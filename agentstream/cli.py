@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import wraps
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -28,12 +29,16 @@ from streams.events import (
     ToolCallRejected,
     ToolCallRequested,
 )
-from streams.log import EventLog
+from streams.log import EventLog, OutgoingRecord
 from streams.reading import event_json, read_run
 from streams.registry import open_registry
 from streams.worker import Handler, Worker
 
 T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from handlers.policy import ToolPolicy
+    from handlers.tools.base import ToolRegistry
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -148,18 +153,43 @@ async def events(settings: Settings, run_id: str, as_json: bool) -> None:
         await backends.aclose()
 
 
-def _load_handler(ref: str) -> Handler:
+def _load(ref: str, kind: type[T]) -> T:
+    """An instance of `kind` named by `module:attribute` (a class is instantiated)."""
     module_name, _, attr = ref.partition(":")
     if not attr:
-        raise click.BadParameter("use module:attribute, for example mypkg.handlers:Echo")
+        raise click.BadParameter(f"use module:attribute, for example mypkg.things:My{kind.__name__}")
     try:
         target = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise click.BadParameter(f"cannot load {ref}: {exc}") from exc
-    handler = target() if isinstance(target, type) else target
-    if not isinstance(handler, Handler):
-        raise click.BadParameter(f"{ref} is not a Handler")
-    return handler
+    loaded = target() if isinstance(target, type) else target
+    if not isinstance(loaded, kind):
+        raise click.BadParameter(f"{ref} is not a {kind.__name__}")
+    return loaded
+
+
+def _load_handler(ref: str) -> Handler:
+    return _load(ref, Handler)  # type: ignore[type-abstract]
+
+
+def _registry(tool_refs: tuple[str, ...]) -> ToolRegistry:
+    from handlers.tools.base import Tool, builtin_registry
+
+    registry = builtin_registry()
+    for ref in tool_refs:
+        registry.register(_load(ref, Tool))  # type: ignore[type-abstract]
+    return registry
+
+
+def _policy(policy_file: str | None, allow_host: tuple[str, ...]) -> ToolPolicy:
+    from handlers.policy import ToolPolicy
+
+    try:
+        if policy_file:
+            return ToolPolicy.from_file(policy_file, allow_host)
+        return ToolPolicy.build({}, allow_host)
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--policy") from exc
 
 
 @main.command()
@@ -296,6 +326,7 @@ class RunProgress:
     "--policy", "policy_file", type=click.Path(exists=True, dir_okay=False), help="Policy JSON file."
 )
 @click.option("--allow-host", multiple=True, help="Host http_fetch may reach (repeatable).")
+@click.option("--tool", "tool_refs", multiple=True, help="Extra tool, module:attribute (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the outcome.")
 @click.pass_obj
 def run(
@@ -310,6 +341,7 @@ def run(
     timeout_s: float | None,
     policy_file: str | None,
     allow_host: tuple[str, ...],
+    tool_refs: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Run an agent on GOAL until it answers or a limit stops it; exit 0 only on success."""
@@ -318,14 +350,9 @@ def run(
     from rich.console import Console
 
     from agentstream.runtime import AgentRuntime, Task
-    from handlers.policy import ToolPolicy
 
-    try:
-        policy = (
-            ToolPolicy.from_file(policy_file, allow_host) if policy_file else ToolPolicy.build({}, allow_host)
-        )
-    except (OSError, ValueError) as exc:
-        raise click.BadParameter(str(exc), param_hint="--policy") from exc
+    policy = _policy(policy_file, allow_host)
+    registry = _registry(tool_refs)
     deadline = datetime.now(UTC) + timedelta(seconds=timeout_s) if timeout_s else None
     task = Task(
         goal=goal,
@@ -341,7 +368,7 @@ def run(
     progress = RunProgress(console)
 
     async def go() -> dict[str, Any]:
-        runtime = AgentRuntime(settings, policy=policy)
+        runtime = AgentRuntime(settings, policy=policy, registry=registry)
         await runtime.start()
         try:
             run_id = await runtime.submit(task)
@@ -369,3 +396,77 @@ def run(
     elif outcome["status"] == "completed":
         click.echo(outcome["answer"])
     sys.exit(0 if outcome["status"] == "completed" else 1)
+
+
+@main.command()
+@click.option("--member", default="0", show_default=True, help="Stable name of this process in its groups.")
+@click.option(
+    "--model", "default_model", default="local:default", show_default=True, help="Default model spec."
+)
+@click.option(
+    "--policy", "policy_file", type=click.Path(exists=True, dir_okay=False), help="Policy JSON file."
+)
+@click.option("--allow-host", multiple=True, help="Host http_fetch may reach (repeatable).")
+@click.option("--tool", "tool_refs", multiple=True, help="Extra tool, module:attribute (repeatable).")
+@click.pass_obj
+def serve(
+    settings: Settings,
+    member: str,
+    default_model: str,
+    policy_file: str | None,
+    allow_host: tuple[str, ...],
+    tool_refs: tuple[str, ...],
+) -> None:
+    """Run the agent-loop workers (planner, router, tools, evaluator) until SIGTERM."""
+    from agentstream.runtime import AgentRuntime
+    from handlers.planner import PlannerSettings
+
+    policy = _policy(policy_file, allow_host)
+    registry = _registry(tool_refs)
+
+    async def go() -> None:
+        runtime = AgentRuntime(
+            settings,
+            policy=policy,
+            registry=registry,
+            planner=PlannerSettings(default_model=default_model),
+            member=member,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await runtime.start()
+        click.echo(f"serving {len(runtime.workers)} workers on {settings.log_url}", err=True)
+        try:
+            while not stop.is_set():
+                runtime.check_health()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+        finally:
+            await runtime.stop()
+
+    _run(go())
+
+
+@main.command()
+@click.argument("goal")
+@click.option("--tenant", default="default", show_default=True)
+@click.option("--model", help="Model spec for this run.")
+@click.option("--max-steps", type=int, default=10, show_default=True)
+@click.pass_obj
+@_async_command
+async def submit(settings: Settings, goal: str, tenant: str, model: str | None, max_steps: int) -> None:
+    """Publish a task without waiting; prints the run id (workers run it: `agentstream serve`)."""
+    from agentstream.runtime import Task
+
+    backends = Backends(settings)
+    try:
+        await backends.ensure_topics()
+        task = Task(goal=goal, tenant=tenant, model=model, max_steps=max_steps)
+        topic = settings.topics.events
+        value = await backends.codec.encode(topic, task.event())
+        await backends.log.append([OutgoingRecord(topic, task.run_id.encode(), value)])
+        click.echo(task.run_id)
+    finally:
+        await backends.aclose()

@@ -5,6 +5,7 @@
 | AGENTSTREAM_HOME          | ~/.agentstream                    |
 | AGENTSTREAM_LOG_URL       | sqlite://$AGENTSTREAM_HOME/log.db |
 | AGENTSTREAM_REGISTRY_URL  | sqlite://$AGENTSTREAM_HOME/registry.db |
+| AGENTSTREAM_STORE_URL     | sqlite://$AGENTSTREAM_HOME/views.db |
 | AGENTSTREAM_TOPIC_PREFIX  | agentstream                       |
 | AGENTSTREAM_PARTITIONS    | 4                                 |
 """
@@ -28,6 +29,8 @@ class Settings:
     log_url: str
     registry_url: str
     topics: Topics
+    store_url: str = ""
+    """Where projections keep their views: sqlite:///PATH (cassandra://... later)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: str | None) -> Settings:
@@ -45,4 +48,7 @@ class Settings:
         except ValueError as exc:
             raise ConfigError("AGENTSTREAM_PARTITIONS must be a whole number") from exc
         prefix = env.get("AGENTSTREAM_TOPIC_PREFIX", "agentstream")
-        return cls(home, log_url, registry_url, Topics(prefix, partitions))
+        store_url = (
+            overrides.get("store_url") or env.get("AGENTSTREAM_STORE_URL") or f"sqlite://{home}/views.db"
+        )
+        return cls(home, log_url, registry_url, Topics(prefix, partitions), store_url)

@@ -42,3 +42,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     for variable in ("AGENTSTREAM_LOG_URL", "AGENTSTREAM_REGISTRY_URL", "AGENTSTREAM_TOPIC_PREFIX"):
         monkeypatch.delenv(variable, raising=False)
     return tmp_path / "home"
+
+
+from tests.support.backends import backend, log  # noqa: E402, F401  (fixtures for every suite)

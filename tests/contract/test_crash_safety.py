@@ -16,7 +16,7 @@ import pytest
 from streams.errors import PoisonEvent
 from streams.events import AgentMessage, RunResumed
 from streams.log import EventLog, OutgoingRecord
-from tests.contract.conftest import Backend
+from tests.support.backends import Backend
 from tests.support.events import message
 
 ROOT = Path(__file__).resolve().parents[2]

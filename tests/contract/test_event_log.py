@@ -7,7 +7,7 @@ import pytest
 from streams.errors import ConfigError, TopicNotFound
 from streams.log import EventLog, OutgoingRecord, TopicPartition, TopicSpec
 from streams.partitioning import partition_for
-from tests.contract.conftest import Backend
+from tests.support.backends import Backend
 
 
 async def test_create_topic_is_idempotent_and_checks_partitions(backend: Backend, log: EventLog) -> None:

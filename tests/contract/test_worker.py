@@ -10,7 +10,7 @@ from streams.errors import PoisonEvent
 from streams.events import RunResumed
 from streams.log import EventLog, LogRecord, OutgoingRecord
 from streams.worker import RetryPolicy, Worker
-from tests.contract.conftest import Backend
+from tests.support.backends import Backend
 from tests.support.events import message
 from tests.support.handlers import Echo
 

@@ -1,5 +1,7 @@
 """Backends the contract suites run against: every EventLog implementation.
 
+The fixtures are registered for every test directory by tests/conftest.py.
+
 Each test gets its own topic prefix, so tests never see each other's records even on a
 shared Kafka broker.
 """
@@ -7,7 +9,7 @@ shared Kafka broker.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,5 +66,3 @@ async def log(backend: Backend) -> AsyncIterator[EventLog]:
     yield opened
     await opened.close()
 
-
-LogFactory = Callable[[], EventLog]
