@@ -58,6 +58,8 @@ class KafkaEventLog(EventLog):
         self._producer: AIOKafkaProducer | None = None
         self._reader: AIOKafkaConsumer | None = None
         self._partition_counts: dict[str, int] = {}
+        # One reader consumer serves every read; reads assign and seek it, so they take turns.
+        self._read_lock = asyncio.Lock()
 
     async def _admin_client(self) -> AIOKafkaAdminClient:
         if self._admin is None:
@@ -146,8 +148,9 @@ class KafkaEventLog(EventLog):
         stats = []
         for name in names:
             tps = [KafkaTP(name, p) for p in range(counts.get(name, 0))]
-            begin = await reader.beginning_offsets(tps) if tps else {}
-            end = await reader.end_offsets(tps) if tps else {}
+            async with self._read_lock:
+                begin = await reader.beginning_offsets(tps) if tps else {}
+                end = await reader.end_offsets(tps) if tps else {}
             ends = {tp.partition: int(end[tp]) for tp in tps}
             records = sum(int(end[tp]) - int(begin[tp]) for tp in tps)
             stats.append(TopicStats(name, len(tps), ends, records))
@@ -195,6 +198,10 @@ class KafkaEventLog(EventLog):
         return [(TopicPartition(m.topic, m.partition), int(m.offset)) for m in results]
 
     async def read(self, topic: str, partition: int, offset: int, limit: int) -> list[LogRecord]:
+        async with self._read_lock:
+            return await self._read(topic, partition, offset, limit)
+
+    async def _read(self, topic: str, partition: int, offset: int, limit: int) -> list[LogRecord]:
         reader = await self._reader_client()
         tp = KafkaTP(topic, partition)
         await self.partitions(topic)
@@ -214,9 +221,10 @@ class KafkaEventLog(EventLog):
         return out[:limit]
 
     async def end_offset(self, topic: str, partition: int) -> int:
-        reader = await self._reader_client()
-        tp = KafkaTP(topic, partition)
-        return int((await reader.end_offsets([tp]))[tp])
+        async with self._read_lock:
+            reader = await self._reader_client()
+            tp = KafkaTP(topic, partition)
+            return int((await reader.end_offsets([tp]))[tp])
 
     def consumer(self, group: str, topics: Sequence[str], *, member: str = "0") -> GroupConsumer:
         return KafkaGroupConsumer(self, group, list(topics), member)
