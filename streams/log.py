@@ -135,9 +135,7 @@ class EventLog(ABC):
     async def read(self, topic: str, partition: int, offset: int, limit: int) -> list[LogRecord]:
         """Up to `limit` committed records of one partition starting at `offset`."""
 
-    async def read_key(
-        self, topic: str, partition: int, key: bytes, from_offset: int = 0
-    ) -> list[LogRecord]:
+    async def read_key(self, topic: str, partition: int, key: bytes, from_offset: int = 0) -> list[LogRecord]:
         """Every committed record of one partition with this key, from `from_offset` on.
 
         The default scans the partition; backends with an index on keys override it.

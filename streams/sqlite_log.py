@@ -235,9 +235,7 @@ class SqliteEventLog(EventLog):
             LogRecord(topic, partition, int(o), k, v, _decode_headers(h), int(ts)) for o, k, v, h, ts in rows
         ]
 
-    async def read_key(
-        self, topic: str, partition: int, key: bytes, from_offset: int = 0
-    ) -> list[LogRecord]:
+    async def read_key(self, topic: str, partition: int, key: bytes, from_offset: int = 0) -> list[LogRecord]:
         tp_id = self._tp_id(TopicPartition(topic, partition))
         rows = self._db.execute(
             "SELECT offset, key, value, headers, ts FROM records"
@@ -245,8 +243,7 @@ class SqliteEventLog(EventLog):
             (tp_id, key, from_offset),
         ).fetchall()
         return [
-            LogRecord(topic, partition, int(o), k, v, _decode_headers(h), int(ts))
-            for o, k, v, h, ts in rows
+            LogRecord(topic, partition, int(o), k, v, _decode_headers(h), int(ts)) for o, k, v, h, ts in rows
         ]
 
     async def end_offset(self, topic: str, partition: int) -> int:

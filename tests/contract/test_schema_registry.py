@@ -28,7 +28,9 @@ from tests.support.events import sample_event
 @pytest.fixture(
     params=[
         pytest.param("embedded", marks=pytest.mark.contract),
-        pytest.param("confluent", marks=[pytest.mark.contract, pytest.mark.integration, pytest.mark.registry]),
+        pytest.param(
+            "confluent", marks=[pytest.mark.contract, pytest.mark.integration, pytest.mark.registry]
+        ),
     ]
 )
 async def registry(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SchemaRegistry]:

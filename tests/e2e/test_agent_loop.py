@@ -15,7 +15,15 @@ from agentstream.config import Settings
 from agentstream.runtime import AgentRuntime, Task
 from handlers.llm.base import ModelClient, RetryingModel, RetryPolicy, resolve_model
 from handlers.policy import ToolPolicy
-from handlers.tools.base import Tool, ToolContext, ToolError, ToolRegistry, ToolResult, ToolSpec, builtin_registry
+from handlers.tools.base import (
+    Tool,
+    ToolContext,
+    ToolError,
+    ToolRegistry,
+    ToolResult,
+    ToolSpec,
+    builtin_registry,
+)
 from projections.run_view import RunView
 from streams.events import Event
 from tests.llm_servers import (
@@ -53,8 +61,13 @@ class Sleepy(Tool):
     @property
     def spec(self) -> ToolSpec:
         return ToolSpec(
-            name="sleepy", description="sleeps", parameters={"type": "object", "properties": {}},
-            timeout_s=0.2, max_attempts=2, safe_to_retry=True, idempotent=True,
+            name="sleepy",
+            description="sleeps",
+            parameters={"type": "object", "properties": {}},
+            timeout_s=0.2,
+            max_attempts=2,
+            safe_to_retry=True,
+            idempotent=True,
         )
 
     async def run(self, args: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
@@ -71,8 +84,11 @@ class Broken(Tool):
     @property
     def spec(self) -> ToolSpec:
         return ToolSpec(
-            name="broken", description="always fails", parameters={"type": "object", "properties": {}},
-            max_attempts=3, safe_to_retry=True,
+            name="broken",
+            description="always fails",
+            parameters={"type": "object", "properties": {}},
+            max_attempts=3,
+            safe_to_retry=True,
         )
 
     async def run(self, args: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
@@ -134,14 +150,22 @@ def tool_messages(request_json: dict[str, Any]) -> dict[str, str]:
     return {m["tool_call_id"]: m["content"] for m in request_json["messages"] if m["role"] == "tool"}
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("kafka", marks=[pytest.mark.integration, pytest.mark.kafka])], indirect=True)
-async def test_openai_multi_step_run_reaches_the_answer(backend: Backend, tmp_path: Path, server: ProviderServer) -> None:
+@pytest.mark.parametrize(
+    "backend",
+    ["sqlite", pytest.param("kafka", marks=[pytest.mark.integration, pytest.mark.kafka])],
+    indirect=True,
+)
+async def test_openai_multi_step_run_reaches_the_answer(
+    backend: Backend, tmp_path: Path, server: ProviderServer
+) -> None:
     server.script(
         openai_reply("I will compute it.", [("c1", "calculator", {"expression": "1234 * 5678"})]),
         openai_reply("Now add one.", [("c2", "calculator", {"expression": "7006652 + 1"})]),
         openai_reply("The result is 7006653."),
     )
-    view, events = await run_task(backend, tmp_path, Task(goal="What is 1234*5678+1?", model="openai:gpt-4o-mini"))
+    view, events = await run_task(
+        backend, tmp_path, Task(goal="What is 1234*5678+1?", model="openai:gpt-4o-mini")
+    )
     assert view.status == "completed"
     assert view.answer == "The result is 7006653."
     assert view.step == 3
@@ -167,19 +191,30 @@ async def test_anthropic_multi_step_run(backend: Backend, tmp_path: Path, server
     assert view.status == "completed"
     assert view.answer == "2**10 is 1024."
     second = server.requests[1].json
-    results = [b for m in second["messages"] if m["role"] == "user" for b in (m["content"] if isinstance(m["content"], list) else []) if b.get("type") == "tool_result"]
+    results = [
+        b
+        for m in second["messages"]
+        if m["role"] == "user"
+        for b in (m["content"] if isinstance(m["content"], list) else [])
+        if b.get("type") == "tool_result"
+    ]
     assert [r["tool_use_id"] for r in results] == ["call_1_0"]
     assert json.loads(results[0]["content"])["result"] == 1024
     assert view.cost_usd > 0, "the price table knows claude-sonnet-4-5"
 
 
-async def test_parallel_calls_run_and_join_by_id(backend: Backend, tmp_path: Path, server: ProviderServer) -> None:
+async def test_parallel_calls_run_and_join_by_id(
+    backend: Backend, tmp_path: Path, server: ProviderServer
+) -> None:
     server.script(
-        openai_reply(None, [
-            ("a", "calculator", {"expression": "6 * 7"}),
-            ("b", "calculator", {"expression": "100 - 1"}),
-            ("c", "calculator", {"expression": "2 ** 5"}),
-        ]),
+        openai_reply(
+            None,
+            [
+                ("a", "calculator", {"expression": "6 * 7"}),
+                ("b", "calculator", {"expression": "100 - 1"}),
+                ("c", "calculator", {"expression": "2 ** 5"}),
+            ],
+        ),
         openai_reply("42, 99 and 32."),
     )
     view, events = await run_task(backend, tmp_path, Task(goal="three sums", model="openai:gpt-4o-mini"))
@@ -188,7 +223,9 @@ async def test_parallel_calls_run_and_join_by_id(backend: Backend, tmp_path: Pat
     assert types(events).count("ToolCallDispatched") == 3
 
 
-async def test_malformed_arguments_get_one_repair_round(backend: Backend, tmp_path: Path, server: ProviderServer) -> None:
+async def test_malformed_arguments_get_one_repair_round(
+    backend: Backend, tmp_path: Path, server: ProviderServer
+) -> None:
     server.script(
         openai_reply(None, [("x", "calculator", '{"expression": "1 +')]),
         openai_reply(None, [("y", "calculator", {"expression": "1 + 1"})]),
@@ -252,7 +289,9 @@ async def test_tool_timeout_is_retried_then_observed_as_failure(
     assert view.status == "completed"
 
 
-async def test_non_retryable_tool_failure_runs_once(backend: Backend, tmp_path: Path, server: ProviderServer) -> None:
+async def test_non_retryable_tool_failure_runs_once(
+    backend: Backend, tmp_path: Path, server: ProviderServer
+) -> None:
     Broken.calls = 0
     server.script(openai_reply(None, [("b", "broken", {})]), openai_reply("The write failed."))
     view, events = await run_task(
@@ -266,20 +305,30 @@ async def test_non_retryable_tool_failure_runs_once(backend: Backend, tmp_path: 
 
 
 async def test_step_budget_aborts_the_run(backend: Backend, tmp_path: Path, server: ProviderServer) -> None:
-    server.script(*[openai_reply(None, [(f"c{i}", "calculator", {"expression": f"{i} + 1"})]) for i in range(5)])
-    view, events = await run_task(backend, tmp_path, Task(goal="count", model="openai:gpt-4o-mini", max_steps=2))
+    server.script(
+        *[openai_reply(None, [(f"c{i}", "calculator", {"expression": f"{i} + 1"})]) for i in range(5)]
+    )
+    view, events = await run_task(
+        backend, tmp_path, Task(goal="count", model="openai:gpt-4o-mini", max_steps=2)
+    )
     assert view.status == "aborted"
     assert view.error and view.error.startswith("max_steps")
     assert len(server.requests) == 2, "no model call past the budget"
     assert types(events).count("RunAborted") == 1
 
 
-async def test_token_budget_aborts_before_more_tools_run(backend: Backend, tmp_path: Path, server: ProviderServer) -> None:
+async def test_token_budget_aborts_before_more_tools_run(
+    backend: Backend, tmp_path: Path, server: ProviderServer
+) -> None:
     server.script(
-        openai_reply(None, [("c", "calculator", {"expression": "1+1"})], prompt_tokens=900, completion_tokens=200),
+        openai_reply(
+            None, [("c", "calculator", {"expression": "1+1"})], prompt_tokens=900, completion_tokens=200
+        ),
         openai_reply("unreachable"),
     )
-    view, events = await run_task(backend, tmp_path, Task(goal="spend", model="openai:gpt-4o-mini", max_tokens=1000))
+    view, events = await run_task(
+        backend, tmp_path, Task(goal="spend", model="openai:gpt-4o-mini", max_tokens=1000)
+    )
     assert view.status == "aborted"
     assert view.error and view.error.startswith("max_tokens")
     assert "ToolCallDispatched" not in types(events), "the router refuses once the budget is spent"
@@ -293,27 +342,36 @@ async def test_loop_detection_aborts(backend: Backend, tmp_path: Path, server: P
     assert view.error and view.error.startswith("loop")
 
 
-async def test_server_errors_then_fallback_model(backend: Backend, tmp_path: Path, server: ProviderServer) -> None:
+async def test_server_errors_then_fallback_model(
+    backend: Backend, tmp_path: Path, server: ProviderServer
+) -> None:
     server.script(
         openai_error(500, "boom", type_="server_error"),
         openai_error(503, "still down", type_="server_error"),
         anthropic_reply("Answered by the fallback."),
     )
     view, events = await run_task(
-        backend, tmp_path,
+        backend,
+        tmp_path,
         Task(goal="hi", model="openai:gpt-4o-mini", fallback_model="anthropic:claude-sonnet-4-5"),
     )
     assert view.status == "completed"
     assert view.answer == "Answered by the fallback."
     plan = next(e for e in events if e.type_name == "PlanProposed")
     assert plan.model.startswith("claude")  # type: ignore[attr-defined]
-    assert [r.path for r in server.requests] == ["/v1/chat/completions", "/v1/chat/completions", "/v1/messages"]
+    assert [r.path for r in server.requests] == [
+        "/v1/chat/completions",
+        "/v1/chat/completions",
+        "/v1/messages",
+    ]
 
 
 async def test_model_failure_without_fallback_fails_the_run(
     backend: Backend, tmp_path: Path, server: ProviderServer
 ) -> None:
-    server.script(openai_error(500, "boom", type_="server_error"), openai_error(500, "boom", type_="server_error"))
+    server.script(
+        openai_error(500, "boom", type_="server_error"), openai_error(500, "boom", type_="server_error")
+    )
     view, _ = await run_task(backend, tmp_path, Task(goal="hi", model="openai:gpt-4o-mini"))
     assert view.status == "failed"
     assert view.error and "model failed" in view.error
@@ -329,7 +387,9 @@ async def test_blocked_destination_is_an_observation_not_a_fetch(
         openai_reply("Blocked."),
     )
     view, events = await run_task(
-        backend, tmp_path, Task(goal="fetch", model="openai:gpt-4o-mini"),
+        backend,
+        tmp_path,
+        Task(goal="fetch", model="openai:gpt-4o-mini"),
         policy=ToolPolicy.build({"allowed_hosts": ["127.0.0.1"]}),
     )
     observation = next(e for e in events if e.type_name == "ObservationRecorded")

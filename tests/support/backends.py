@@ -65,4 +65,3 @@ async def log(backend: Backend) -> AsyncIterator[EventLog]:
         await opened.create_topic(spec)
     yield opened
     await opened.close()
-

@@ -7,6 +7,7 @@ tests/services/registry.sh up). Prints each request with its status and raw body
 and exits non-zero if a response differs from what the Confluent API promises.
 Uses a fresh subject name per run, so it can run against a long-lived registry.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,30 +22,42 @@ CT = "application/vnd.schemaregistry.v1+json"
 
 def call(method: str, url: str, body: object | None = None) -> tuple[int, object]:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": CT, "Accept": CT})
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": CT, "Accept": CT})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             status, raw = resp.status, resp.read().decode()
     except urllib.error.HTTPError as err:
         status, raw = err.code, err.read().decode()
-    print(f"{method} {url[len(BASE):]} -> {status} {raw}")
+    print(f"{method} {url[len(BASE) :]} -> {status} {raw}")
     return status, (json.loads(raw) if raw else None)
 
 
 def record(fields: list[dict]) -> dict:
-    return {"schema": json.dumps({"type": "record", "name": "TaskSubmitted",
-                                  "namespace": "agentstream.events", "fields": fields})}
+    return {
+        "schema": json.dumps(
+            {"type": "record", "name": "TaskSubmitted", "namespace": "agentstream.events", "fields": fields}
+        )
+    }
 
 
 def main() -> int:
     subject = f"agentstream.events-agentstream.events.TaskSubmitted-smoke{int(time.time() * 1000)}"
     v1 = record([{"name": "task_id", "type": "string"}, {"name": "prompt", "type": "string"}])
-    v2 = record([{"name": "task_id", "type": "string"}, {"name": "prompt", "type": "string"},
-                 {"name": "priority", "type": ["null", "int"], "default": None}])
+    v2 = record(
+        [
+            {"name": "task_id", "type": "string"},
+            {"name": "prompt", "type": "string"},
+            {"name": "priority", "type": ["null", "int"], "default": None},
+        ]
+    )
     type_changed = record([{"name": "task_id", "type": "int"}, {"name": "prompt", "type": "string"}])
-    required_added = record([{"name": "task_id", "type": "string"}, {"name": "prompt", "type": "string"},
-                             {"name": "owner", "type": "string"}])
+    required_added = record(
+        [
+            {"name": "task_id", "type": "string"},
+            {"name": "prompt", "type": "string"},
+            {"name": "owner", "type": "string"},
+        ]
+    )
     s = f"/subjects/{subject}"
     checks = []
 

@@ -1,0 +1,130 @@
+"""The tool worker: runs dispatched calls and records what happened.
+
+A call runs under its tool's timeout and retry policy. Its idempotency key is claimed in
+the ledger first, so a crash-restart or a redelivered dispatch never repeats a side
+effect: a completed call's recorded result is reused, and a call whose worker died
+mid-way is repeated only if the tool is idempotent. Results are bounded in size; the full
+output of a large one goes to the blob store and the observation carries its handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from handlers.policy import ToolPolicy
+from handlers.tools.base import ToolContext, ToolError, ToolRegistry, ToolResult, canonical_json
+from projections.blobs import BlobStore
+from projections.idempotency import IdempotencyLedger
+from streams.events import BudgetCharged, Event, ObservationRecorded, ToolCallDispatched, Usage
+from streams.worker import Handler, HandlerContext
+
+MAX_OBSERVATION_CHARS = 16_000
+
+
+def _result_json(result: ToolResult) -> str:
+    return json.dumps({"ok": result.ok, "data": result.data, "error": result.error})
+
+
+def _result_from_json(text: str) -> ToolResult:
+    data: dict[str, Any] = json.loads(text)
+    return ToolResult(ok=bool(data["ok"]), data=data.get("data"), error=data.get("error"))
+
+
+class ToolExecutor(Handler):
+    """Executes ToolCallDispatched events and emits ObservationRecorded."""
+
+    name = "tool-executor"
+    consumes = frozenset({"ToolCallDispatched"})
+    ordered = False
+
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        ledger: IdempotencyLedger,
+        blobs: BlobStore,
+        policy: ToolPolicy | None = None,
+        *,
+        retry_base_delay_s: float = 0.2,
+    ) -> None:
+        self.registry = registry
+        self.ledger = ledger
+        self.blobs = blobs
+        self.policy = policy or ToolPolicy()
+        self.retry_base_delay_s = retry_base_delay_s
+
+    async def _execute(self, event: ToolCallDispatched) -> ToolResult:
+        tool = self.registry.get(event.tool)
+        spec = tool.spec
+        ctx = ToolContext(
+            run_id=event.meta.run_id,
+            tenant_id=event.meta.tenant_id,
+            tool_call_id=event.tool_call_id,
+            idempotency_key=event.idempotency_key,
+            network=self.policy.network,
+        )
+        args = json.loads(event.arguments_json)
+        timeout_s = event.timeout_ms / 1000 if event.timeout_ms > 0 else spec.timeout_s
+        for attempt in range(1, spec.attempts + 1):
+            try:
+                return await asyncio.wait_for(tool.run(args, ctx), timeout_s)
+            except TimeoutError:
+                error = ToolError(f"{event.tool} timed out after {timeout_s:g}s", retryable=True)
+            except ToolError as exc:
+                error = exc
+            except Exception as exc:  # a tool bug must not take the worker down
+                error = ToolError(f"{event.tool} failed: {type(exc).__name__}: {exc}")
+            if not error.retryable or attempt == spec.attempts:
+                suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
+                return ToolResult.failure(error.message + suffix)
+            await asyncio.sleep(random.uniform(0, self.retry_base_delay_s * 2 ** (attempt - 1)))
+        raise AssertionError("unreachable")
+
+    async def handle(self, event: Event, ctx: HandlerContext) -> Sequence[Event]:
+        assert isinstance(event, ToolCallDispatched)
+        started = time.monotonic()
+        if event.tool not in self.registry:
+            result = ToolResult.failure(f"no tool named {event.tool!r} in this worker")
+        else:
+            spec = self.registry.get(event.tool).spec
+            claim = await self.ledger.claim(event.idempotency_key, event.meta.run_id, event.tool)
+            if claim.state == "completed" and claim.result_json is not None:
+                result = _result_from_json(claim.result_json)
+            elif claim.state == "started" and not (spec.idempotent or spec.safe_to_retry):
+                result = ToolResult.failure(
+                    f"{event.tool} was interrupted by a worker crash; its outcome is unknown and"
+                    " it is not repeated because the tool is not idempotent"
+                )
+                await self.ledger.complete(event.idempotency_key, _result_json(result))
+            else:
+                result = await self._execute(event)
+                await self.ledger.complete(event.idempotency_key, _result_json(result))
+        data_json, truncated, handle = self._bounded(result)
+        return [
+            ObservationRecorded(
+                meta=ctx.meta(),
+                step=event.step,
+                tool_call_id=event.tool_call_id,
+                tool=event.tool,
+                ok=result.ok,
+                data_json=data_json,
+                error=result.error,
+                truncated=truncated,
+                blob_handle=handle,
+                duration_ms=int((time.monotonic() - started) * 1000),
+            ),
+            BudgetCharged(meta=ctx.meta(), step=event.step, usage=Usage(), tool_calls=1, source="tool"),
+        ]
+
+    def _bounded(self, result: ToolResult) -> tuple[str | None, bool, str | None]:
+        if result.data is None:
+            return None, False, None
+        text = canonical_json(result.data)
+        if len(text) <= MAX_OBSERVATION_CHARS:
+            return text, False, None
+        handle = self.blobs.put(text.encode())
+        return json.dumps(text[:MAX_OBSERVATION_CHARS]), True, handle
