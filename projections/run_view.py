@@ -7,11 +7,13 @@ lets any projection store be rebuilt from offset 0 and compared with the live on
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+from streams.codec import EventCodec
+from streams.errors import PoisonEvent
 from streams.events import (
     AgentMessage,
     ApprovalDecided,
@@ -33,6 +35,9 @@ from streams.events import (
     ToolCallRejected,
     ToolCallRequested,
 )
+from streams.log import EventLog
+from streams.partitioning import partition_for
+from streams.topics import Topics
 
 RunStatus = Literal["running", "suspended", "completed", "failed", "aborted", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "aborted", "cancelled"})
@@ -132,7 +137,7 @@ class RunView:
         return view
 
     def apply(self, event: Event) -> None:
-        """Fold one more event into the view."""
+        """Fold one more event into the view. A run's first terminal event is final."""
         self.events += 1
         self.last_event_id = event.meta.event_id
         self.last_event_type = event.type_name
@@ -201,17 +206,49 @@ class RunView:
             case RunResumed():
                 if not self.terminal:
                     self.status = "running"
-            case RunCompleted():
+            case RunCompleted() if not self.terminal:
                 self.status = "completed"
                 self.answer = event.answer
-            case RunFailed():
+            case RunFailed() if not self.terminal:
                 self.status = "failed"
                 self.error = event.error
-            case RunAborted():
+            case RunAborted() if not self.terminal:
                 self.status = "aborted"
                 self.error = f"{event.limit}: {event.reason}"
-            case RunCancelled():
+            case RunCancelled() if not self.terminal:
                 self.status = "cancelled"
                 self.error = event.reason
             case _:
                 pass
+
+
+class RunViews:
+    """Builds a run's current view straight from the log: always as fresh as the log.
+
+    `include` adds events a handler emitted earlier in its current batch, which are not
+    committed yet (see `HandlerContext.uncommitted`). Records that cannot be decoded are
+    left out here; the workers dead-letter them.
+    """
+
+    def __init__(self, log: EventLog, codec: EventCodec, topics: Topics) -> None:
+        self.log = log
+        self.codec = codec
+        self.topics = topics
+
+    async def events(self, run_id: str) -> list[Event]:
+        key = run_id.encode()
+        topic = self.topics.events
+        partition = partition_for(key, await self.log.partitions(topic))
+        events: list[Event] = []
+        for record in await self.log.read_key(topic, partition, key):
+            try:
+                events.append(await self.codec.decode(record.value))
+            except PoisonEvent:
+                continue
+        return events
+
+    async def view(self, run_id: str, include: Sequence[Event] = ()) -> RunView:
+        events = await self.events(run_id)
+        seen = {e.meta.event_id for e in events}
+        events.extend(e for e in include if e.meta.event_id not in seen)
+        return RunView.fold(run_id, events)

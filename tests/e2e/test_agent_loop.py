@@ -174,7 +174,7 @@ async def test_openai_multi_step_run_reaches_the_answer(
     # The observation went back to the model in the provider's format, correlated by id.
     second = server.requests[1].json
     assert results(second) == {"call_1_0": 7006652}
-    assistant = [m for m in second["messages"] if m["role"] == "assistant"][0]
+    assistant = next(m for m in second["messages"] if m["role"] == "assistant")
     assert assistant["tool_calls"][0]["id"] == "call_1_0"
     assert json.loads(assistant["tool_calls"][0]["function"]["arguments"]) == {"expression": "1234 * 5678"}
     assert {t["function"]["name"] for t in server.requests[0].json["tools"]} >= {"calculator", "http_fetch"}
