@@ -294,13 +294,17 @@ _UNSUPPORTED_KEYWORDS = frozenset(
 )
 
 
+_MAX_GRAMMAR_LENGTH = 256
+
+
 def _grammar_subset(schema: Any) -> Any:
     """Close objects and drop what the grammar cannot enforce.
 
     ``additionalProperties`` defaults to false wherever ``properties`` are listed: JSON
     Schema allows undeclared keys by default, and the grammar would then let a small model
     invent arguments (like OpenAI's strict mode, only declared properties are emitted).
-    Unanchored ``pattern``s and the keywords in ``_UNSUPPORTED_KEYWORDS`` are removed.
+    Unanchored ``pattern``s, string length bounds over 256 and the keywords in
+    ``_UNSUPPORTED_KEYWORDS`` are removed.
     """
     if isinstance(schema, list):
         return [_grammar_subset(item) for item in schema]
@@ -309,6 +313,10 @@ def _grammar_subset(schema: Any) -> Any:
     out: dict[str, Any] = {}
     for key, value in schema.items():
         if key in _UNSUPPORTED_KEYWORDS:
+            continue
+        # A length bound becomes one nested grammar rule per character: llama.cpp refuses
+        # (or crashes on) grammars with thousands of them, so long bounds are left to the router.
+        if key in ("maxLength", "minLength") and isinstance(value, int) and value > _MAX_GRAMMAR_LENGTH:
             continue
         if key == "pattern" and not (
             isinstance(value, str) and value.startswith("^") and value.endswith("$")

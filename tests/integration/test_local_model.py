@@ -662,3 +662,20 @@ async def test_real_model_is_deterministic(default_model: local.LocalModel) -> N
     for call in first.tool_calls:  # whatever it chose, it is a valid call by construction
         tool = {t.name: t for t in TOOLS}[call.name]
         jsonschema.validate(call.arguments, tool.parameters)
+
+
+@pytest.mark.unit
+def test_grammar_for_every_builtin_tool_loads_in_llama_cpp(llama_cpp_installed: None) -> None:
+    """Long string bounds (http_fetch's URL) once made a grammar llama.cpp refused, then crashed on."""
+    from handlers.tools.base import builtin_registry
+    from llama_cpp import LlamaGrammar
+
+    tools = [
+        ToolDefinition(name=s.name, description=s.description, parameters=dict(s.parameters))
+        for s in builtin_registry().specs()
+    ]
+    text = local.build_grammar(tools)
+    LlamaGrammar.from_string(text, verbose=False)
+    # llama.cpp's sampler refuses rules repeated thousands of times (then segfaults).
+    deepest = max(line.count("char") for line in text.splitlines())
+    assert deepest <= 300, f"a grammar rule repeats {deepest} times"
