@@ -667,8 +667,9 @@ async def test_real_model_is_deterministic(default_model: local.LocalModel) -> N
 @pytest.mark.unit
 def test_grammar_for_every_builtin_tool_loads_in_llama_cpp(llama_cpp_installed: None) -> None:
     """Long string bounds (http_fetch's URL) once made a grammar llama.cpp refused, then crashed on."""
-    from handlers.tools.base import builtin_registry
     from llama_cpp import LlamaGrammar
+
+    from handlers.tools.base import builtin_registry
 
     tools = [
         ToolDefinition(name=s.name, description=s.description, parameters=dict(s.parameters))
