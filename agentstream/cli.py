@@ -470,3 +470,55 @@ async def submit(settings: Settings, goal: str, tenant: str, model: str | None, 
         click.echo(task.run_id)
     finally:
         await backends.aclose()
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="The run and its timeline as one JSON object.")
+@click.pass_obj
+@_async_command
+async def show(settings: Settings, run_id: str, as_json: bool) -> None:
+    """Show one run: its outcome and timeline (thoughts, calls, observations, cost)."""
+    from rich.console import Console
+
+    from projections.run_view import RunView, RunViews
+
+    backends = Backends(settings)
+    try:
+        await backends.ensure_topics()
+        events = await RunViews(backends.log, backends.codec, settings.topics).events(run_id)
+    finally:
+        await backends.aclose()
+    if not events:
+        click.echo(f"no run {run_id}", err=True)
+        sys.exit(1)
+    view = RunView.fold(run_id, events)
+    summary: dict[str, Any] = {
+        "run_id": run_id,
+        "tenant": view.tenant_id,
+        "goal": view.goal,
+        "status": view.status,
+        "answer": view.answer,
+        "error": view.error,
+        "steps": view.step,
+        "tokens": view.total_tokens,
+        "cost_usd": round(view.cost_usd, 6),
+        "tool_calls": view.tool_calls,
+        "submitted_at": view.submitted_at.isoformat() if view.submitted_at else None,
+        "updated_at": view.updated_at.isoformat() if view.updated_at else None,
+    }
+    if as_json:
+        summary["events"] = [{"type": e.type_name, **e.model_dump(mode="json")} for e in events]
+        click.echo(json.dumps(summary))
+        return
+    console = Console(highlight=False)
+    console.print(f"[bold]{view.goal}[/]")
+    console.print(
+        f"run {run_id} · tenant {view.tenant_id} · [bold]{view.status}[/] · {view.step} steps"
+        f" · {view.total_tokens} tokens · ${view.cost_usd:.4f}"
+    )
+    progress = RunProgress(console)
+    for event in events:
+        progress.show(event)
+    if view.answer:
+        console.print(f"[bold green]answer[/] {view.answer}")
