@@ -8,12 +8,19 @@ export AGENTSTREAM_RUN := $(RUN_DIR)
 TEST_ENV = AGENTSTREAM_TEST_KAFKA=127.0.0.1:$${KAFKA_PORT:-19092} \
            AGENTSTREAM_TEST_REGISTRY=$$(cat $(RUN_DIR)/registry/url)
 
-.PHONY: setup lint test test-unit bench services-up services-down codegen
+.PHONY: setup local-model demo lint test test-unit bench services-up services-down codegen
 
-setup:  ## install agentstream with every extra the tests use, and fetch the services
+setup: local-model  ## install agentstream with every extra the tests use, and fetch the services
 	$(PYTHON) -m pip install --disable-pip-version-check -q -e '.[dev,kafka]'
 	bash $(SERVICES)/kafka.sh install
 	bash $(SERVICES)/registry.sh install
+
+local-model:  ## llama-cpp-python (built once, cached) and the offline model weights
+	bash $(SERVICES)/local_model.sh install
+
+demo: local-model  ## install and run a real agent task with the local model: no key, no service
+	$(PYTHON) -m pip install --disable-pip-version-check -q -e .
+	agentstream run "What is 1234 * 5678? Use the calculator."
 
 lint:  ## ruff, formatting, strict types, the one-way import rule, generated code, schema evolution
 	ruff check .

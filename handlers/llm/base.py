@@ -323,7 +323,7 @@ class FallbackModel(ModelClient):
 
 # --------------------------------------------------------------------------- resolver
 
-LOCAL_EXTRA_HINT = "install the local-model extra: pip install 'agentstream[local]'"
+LOCAL_EXTRA_HINT = "install the local model and its weights: make local-model"
 
 
 def resolve_model(spec: str) -> ModelClient:
