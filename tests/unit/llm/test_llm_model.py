@@ -190,7 +190,7 @@ def test_resolve_local_without_its_extra_says_what_to_install(
 ) -> None:
     monkeypatch.delitem(sys.modules, "handlers.llm.local", raising=False)
     monkeypatch.setattr(sys, "meta_path", [_MissingExtra(), *sys.meta_path])
-    with pytest.raises(ModelConfigError, match=r"llama_cpp.*pip install 'agentstream\[local\]'"):
+    with pytest.raises(ModelConfigError, match=r"llama_cpp.*make local-model"):
         resolve_model("local:qwen2.5-0.5b")
 
 
