@@ -47,7 +47,7 @@ def test_run_then_read_its_events(cli_env: ProviderServer) -> None:
     code, out, _ = invoke("events", run_id, "--json")
     assert code == 0
     events = [json.loads(line) for line in out.splitlines()]
-    assert [e["type"] for e in events][0] == "TaskSubmitted"
+    assert events[0]["type"] == "TaskSubmitted"
     assert events[-1]["type"] == "RunCompleted"
     assert all(e["meta"]["run_id"] == run_id for e in events)
     offsets = [e["offset"] for e in events]
