@@ -397,3 +397,47 @@ async def test_blocked_destination_is_an_observation_not_a_fetch(
     assert "loopback" in (observation.error or "")  # type: ignore[attr-defined]
     assert [r.method for r in server.requests] == ["POST", "POST"], "no GET reached the server"
     assert view.status == "completed"
+
+
+@pytest.mark.parametrize("summary_reply", ["model", "error"])
+async def test_working_memory_summarizes_older_steps(
+    backend: Backend, tmp_path: Path, server: ProviderServer, summary_reply: str
+) -> None:
+    from handlers.planner import PlannerSettings
+    from tests.llm_servers import openai_error
+
+    summary = (
+        openai_reply("Step 1 computed 1+1 = 2.")
+        if summary_reply == "model"
+        else openai_error(400, "no summaries today")
+    )
+    server.script(
+        openai_reply("first", [("a", "calculator", {"expression": "1 + 1"})]),
+        openai_reply("second", [("b", "calculator", {"expression": "2 + 2"})]),
+        summary,
+        openai_reply("2 and 4."),
+    )
+    settings = Settings(
+        home=tmp_path / "home",
+        log_url=backend.url,
+        registry_url=f"sqlite://{backend.registry_path}",
+        topics=backend.topics,
+    )
+    runtime = AgentRuntime(
+        settings, models=fast_models, planner=PlannerSettings(memory_tokens=50, keep_recent_steps=1)
+    )
+    await runtime.start()
+    try:
+        run_id = await runtime.submit(Task(goal="add", model="openai:gpt-4o-mini"))
+        events = [e async for e in runtime.follow(run_id)]
+    finally:
+        await runtime.stop()
+    summarized = [e for e in events if e.type_name == "ScratchpadSummarized"]
+    assert len(summarized) == 1
+    assert summarized[0].up_to_step == 1  # type: ignore[attr-defined]
+    assert summarized[0].method == summary_reply.replace("error", "truncation")  # type: ignore[attr-defined]
+    final_prompt = json.dumps(server.requests[3].json["messages"])
+    assert "Summary of steps 1-1" in final_prompt
+    assert "call_1_0" not in final_prompt, "the summarized step is no longer sent in full"
+    assert "call_2_0" in final_prompt
+    assert events[-1].type_name == "RunCompleted"
