@@ -225,6 +225,15 @@ def worker(settings: Settings, handler_ref: str, member: str, batch_size: int) -
     _run(serve())
 
 
+def _register_projections() -> None:
+    from agentstream.cli_projections import projections_cli
+
+    main.add_command(projections_cli)
+
+
+_register_projections()
+
+
 @main.group()
 def schemas() -> None:
     """The Avro event catalogue and its evolution rule."""

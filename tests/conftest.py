@@ -39,7 +39,12 @@ def registry_url() -> str:
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh AGENTSTREAM_HOME for the embedded default."""
     monkeypatch.setenv("AGENTSTREAM_HOME", str(tmp_path / "home"))
-    for variable in ("AGENTSTREAM_LOG_URL", "AGENTSTREAM_REGISTRY_URL", "AGENTSTREAM_TOPIC_PREFIX"):
+    for variable in (
+        "AGENTSTREAM_LOG_URL",
+        "AGENTSTREAM_REGISTRY_URL",
+        "AGENTSTREAM_STORE_URL",
+        "AGENTSTREAM_TOPIC_PREFIX",
+    ):
         monkeypatch.delenv(variable, raising=False)
     return tmp_path / "home"
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from projections.episodic import EVENTS, Episodes, EpisodicProjection
+from projections.episodic import EVENTS, Episodes, EpisodicEvent, EpisodicProjection
 from projections.stores.sqlite import SqliteProjectionStore
 from streams.events import AgentMessage, Event
 from tests.support.projections import apply_events, records_for
@@ -43,7 +43,7 @@ async def test_by_run_is_in_log_order_and_pages(store: SqliteProjectionStore) ->
     episodes = Episodes(store)
     everything = await episodes.by_run(tenant, run_id)
     assert [e.event_id for e in everything] == [e.meta.event_id for e in run]
-    paged = []
+    paged: list[EpisodicEvent] = []
     after = None
     while page := await episodes.by_run(tenant, run_id, after_offset=after, limit=3):
         paged.extend(page)

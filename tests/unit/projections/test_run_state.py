@@ -150,3 +150,48 @@ async def test_list_is_newest_first_filtered_by_status_and_pages_back(store: Sql
     assert await states.list("acme", status="cancelled") == []
     assert await states.get("acme", "r9") is None
     assert await states.view("acme", "r9") is None
+
+
+async def test_views_folded_by_a_batch_that_never_committed_are_not_reused(tmp_path: Path) -> None:
+    events = simulate(seed=17, runs=8)
+    records = records_for(events)
+    projection = RunStateProjection()
+    store = SqliteProjectionStore(tmp_path / "views.db")
+    await apply_events(store, [projection], events[:60], records=records[:60], batch=20)
+    doomed = store.transaction()
+    await projection.apply_batch(list(zip(events[60:90], records[60:90], strict=True)), doomed)
+    # The batch is dropped (its commit failed, say); the same events come again.
+    await apply_events(store, [projection], events[60:], records=records[60:], batch=20)
+    reference = SqliteProjectionStore(tmp_path / "reference.db")
+    await apply_events(reference, [RunStateProjection()], events, records=records, batch=20)
+    assert await snapshot(store, [projection]) == await snapshot(reference, [projection])
+    for (tenant, run_id), run_events in _by_run(events).items():
+        state = await RunStates(store).get(tenant, run_id)
+        assert state is not None and state.events == len(run_events)
+    await store.close()
+    await reference.close()
+
+
+async def test_a_busy_run_is_not_parsed_back_at_every_batch(
+    store: SqliteProjectionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import projections.run_state as run_state
+
+    loads = 0
+    real = run_state.load_view
+
+    def counting(text: str) -> RunView:
+        nonlocal loads
+        loads += 1
+        return real(text)
+
+    monkeypatch.setattr(run_state, "load_view", counting)
+    events = simulate(seed=19, runs=1)
+    await apply_events(store, [RunStateProjection()], events, batch=2)
+    assert loads == 0
+    fresh = RunStateProjection()  # another process: nothing cached
+    more = RunCompleted(
+        meta=meta(events[0].meta.run_id, events[0].meta.tenant_id, 999), answer="x", steps=1, usage=Usage()
+    )
+    await apply_events(store, [fresh], [more], records=records_for([*events, more])[-1:])
+    assert loads == 1
