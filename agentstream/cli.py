@@ -8,16 +8,15 @@ import importlib
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
-from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from agentstream.cli_support import async_command, run_async
 from agentstream.config import Settings
 from streams.backends import open_log
 from streams.codec import EventCodec
-from streams.errors import AgentstreamError, PoisonEvent
+from streams.errors import PoisonEvent
 from streams.events import (
     BudgetCharged,
     Event,
@@ -39,22 +38,6 @@ T = TypeVar("T")
 if TYPE_CHECKING:
     from handlers.policy import ToolPolicy
     from handlers.tools.base import ToolRegistry
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        return asyncio.run(coro)
-    except AgentstreamError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-
-
-def _async_command(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        _run(fn(*args, **kwargs))  # type: ignore[arg-type]
-
-    return wrapper
 
 
 class Backends:
@@ -98,7 +81,7 @@ def main(ctx: click.Context, home: str | None, log_url: str | None, registry_url
 
 @main.command()
 @click.pass_obj
-@_async_command
+@async_command
 async def topics(settings: Settings) -> None:
     """List topics with their partitions and record counts."""
     backends = Backends(settings)
@@ -128,7 +111,7 @@ def _summary(data: dict[str, Any]) -> str:
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_obj
-@_async_command
+@async_command
 async def events(settings: Settings, run_id: str, as_json: bool) -> None:
     """Print the events of one run, decoded, in order."""
     backends = Backends(settings)
@@ -222,7 +205,7 @@ def worker(settings: Settings, handler_ref: str, member: str, batch_size: int) -
         finally:
             await backends.aclose()
 
-    _run(serve())
+    run_async(serve())
 
 
 def _register_projections() -> None:
@@ -399,7 +382,7 @@ def run(
             "cost_usd": round(view.cost_usd, 6),
         }
 
-    outcome = _run(go())
+    outcome = run_async(go())
     if as_json:
         click.echo(json.dumps(outcome))
     elif outcome["status"] == "completed":
@@ -455,7 +438,7 @@ def serve(
         finally:
             await runtime.stop()
 
-    _run(go())
+    run_async(go())
 
 
 @main.command()
@@ -464,7 +447,7 @@ def serve(
 @click.option("--model", help="Model spec for this run.")
 @click.option("--max-steps", type=int, default=10, show_default=True)
 @click.pass_obj
-@_async_command
+@async_command
 async def submit(settings: Settings, goal: str, tenant: str, model: str | None, max_steps: int) -> None:
     """Publish a task without waiting; prints the run id (workers run it: `agentstream serve`)."""
     from agentstream.runtime import Task
@@ -485,7 +468,7 @@ async def submit(settings: Settings, goal: str, tenant: str, model: str | None, 
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="The run and its timeline as one JSON object.")
 @click.pass_obj
-@_async_command
+@async_command
 async def show(settings: Settings, run_id: str, as_json: bool) -> None:
     """Show one run: its outcome and timeline (thoughts, calls, observations, cost)."""
     from rich.console import Console
@@ -531,3 +514,52 @@ async def show(settings: Settings, run_id: str, as_json: bool) -> None:
         progress.show(event)
     if view.answer:
         console.print(f"[bold green]answer[/] {view.answer}")
+
+
+@main.command()
+@click.option("--tenant", default="default", show_default=True)
+@click.option("--status", help="Only runs in this status (running, completed, failed, ...).")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
+@click.pass_obj
+@async_command
+async def runs(settings: Settings, tenant: str, status: str | None, limit: int, as_json: bool) -> None:
+    """List a tenant's runs, newest first (from the run-state view, brought up to date first)."""
+    from agentstream.cli_projections import ProjectorWiring
+    from projections.run_state import RunStates
+
+    wiring = ProjectorWiring(settings, batch_size=2000)
+    try:
+        await wiring.open()
+        await wiring.projector.run_until_caught_up()
+        found = await RunStates(wiring.store).list(tenant, status=status, limit=limit)
+    finally:
+        await wiring.aclose()
+    if as_json:
+        for state in found:
+            click.echo(
+                json.dumps(
+                    {
+                        "run_id": state.run_id,
+                        "status": state.status,
+                        "goal": state.goal,
+                        "steps": state.step,
+                        "tokens": state.input_tokens + state.output_tokens,
+                        "cost_usd": state.cost_usd,
+                        "created_at": state.created_at.isoformat(),
+                        "answer": state.answer,
+                        "error": state.error,
+                    }
+                )
+            )
+        return
+    if not found:
+        click.echo(f"no runs for tenant {tenant}", err=True)
+        return
+    click.echo(f"{'RUN':<36}  {'STATUS':<9}  STEPS  {'COST':>8}  {'CREATED':<19}  GOAL")
+    for state in found:
+        created = state.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(
+            f"{state.run_id:<36}  {state.status:<9}  {state.step:>5}  ${state.cost_usd:>7.4f}"
+            f"  {created:<19}  {_short(state.goal, 60)}"
+        )

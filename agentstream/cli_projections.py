@@ -9,43 +9,24 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from functools import wraps
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from agentstream.cli_support import async_command, run_async
 from agentstream.config import Settings
 from projections.builtin import builtin_projections
 from projections.projector import Projector, ProjectorStats
 from projections.stores import ProjectionStore, open_store
 from streams.backends import open_log
 from streams.codec import EventCodec
-from streams.errors import AgentstreamError
 from streams.log import EventLog
 from streams.registry import open_registry
 
 T = TypeVar("T")
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        return asyncio.run(coro)
-    except AgentstreamError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-
-
-def _async_command(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        _run(fn(*args, **kwargs))  # type: ignore[arg-type]
-
-    return wrapper
 
 
 def store_url(settings: Settings) -> str:
@@ -106,7 +87,7 @@ def run(settings: Settings, batch_size: int) -> None:
         finally:
             await wiring.aclose()
 
-    _run(serve())
+    run_async(serve())
 
 
 def _summary(stats: ProjectorStats, seconds: float) -> str:
@@ -121,7 +102,7 @@ def _summary(stats: ProjectorStats, seconds: float) -> str:
 @click.argument("name", required=False)
 @click.option("--batch-size", default=5000, show_default=True, help="Most records applied per commit.")
 @click.pass_obj
-@_async_command
+@async_command
 async def rebuild(settings: Settings, name: str | None, batch_size: int) -> None:
     """Drop a view (NAME, or every view) and apply the whole log to it again."""
     wiring = ProjectorWiring(settings, batch_size)
@@ -160,7 +141,7 @@ async def rebuild(settings: Settings, name: str | None, batch_size: int) -> None
 @projections_cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per view, with every partition.")
 @click.pass_obj
-@_async_command
+@async_command
 async def status(settings: Settings, as_json: bool) -> None:
     """Each view's applied offsets against the log's end offsets, and the lag."""
     wiring = ProjectorWiring(settings, 1)

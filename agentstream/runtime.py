@@ -2,7 +2,8 @@
 
 This is the embedded deployment (and what `agentstream run` and `agentstream serve` use):
 the planner, tool router, tool executor and evaluator each run as a member of their own
-consumer group over the configured log, in one asyncio loop.
+consumer group over the configured log, and the projector keeps the views (run state,
+episodic, approvals, cost ledger) up to date, all in one asyncio loop.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from handlers.router import ToolRouter
 from handlers.tool_executor import ToolExecutor
 from handlers.tools.base import ToolRegistry, builtin_registry
 from projections.blobs import BlobStore
+from projections.builtin import builtin_projections
 from projections.idempotency import IdempotencyLedger, open_ledger
+from projections.projector import Projector
 from projections.run_view import TERMINAL, RunView, RunViews
+from projections.stores import ProjectionStore, open_store
 from streams.backends import open_log
 from streams.codec import EventCodec
 from streams.envelope import new_run_id, root_meta
@@ -94,6 +98,10 @@ class AgentRuntime:
         self.views = RunViews(self.log, self.codec, settings.topics)
         self.ledger: IdempotencyLedger = open_ledger(f"sqlite://{settings.home}/ledger.db")
         self.blobs = BlobStore(settings.home / "blobs")
+        self.store: ProjectionStore = open_store(settings.store_url or f"sqlite://{settings.home}/views.db")
+        self.projector = Projector(
+            self.log, self.codec, self.store, builtin_projections(), topic=settings.topics.events
+        )
         self.handlers: list[Handler] = []
         self.workers: list[Worker] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -118,10 +126,17 @@ class AgentRuntime:
         for worker in self.workers:
             await worker.start()
         self._tasks = [asyncio.create_task(self._serve(w), name=w.group) for w in self.workers]
+        await self.projector.start()
+        self._tasks.append(asyncio.create_task(self._project(), name="projector"))
 
     async def _serve(self, worker: Worker) -> None:
         while not self._stop.is_set():
             await worker.step()
+
+    async def _project(self) -> None:
+        while not self._stop.is_set():
+            if not await self.projector.step():
+                await asyncio.sleep(0.05)
 
     def check_health(self) -> None:
         """Raise the error of any worker that died."""
@@ -138,6 +153,7 @@ class AgentRuntime:
             await worker.stop()
         await self.planner.aclose() if self.handlers else None
         await self.ledger.aclose()
+        await self.store.close()
         await self.log.close()
         await self.registry.aclose()
 

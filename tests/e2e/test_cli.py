@@ -66,6 +66,16 @@ def test_run_then_read_its_events(cli_env: ProviderServer) -> None:
     assert shown["status"] == "completed"
     assert len(shown["events"]) == len(events)
 
+    code, out, _ = invoke("runs", "--json")
+    assert code == 0
+    (listed,) = [json.loads(line) for line in out.splitlines()]
+    assert listed["run_id"] == run_id
+    assert listed["status"] == "completed"
+    assert listed["steps"] == 2
+    code, out, _ = invoke("runs", "--tenant", "someone-else")
+    assert code == 0
+    assert run_id not in out
+
     code, out, _ = invoke("topics")
     assert code == 0
     counts = {line.split()[0]: int(line.split()[2]) for line in out.splitlines()[1:]}
