@@ -164,6 +164,19 @@ def _registry(tool_refs: tuple[str, ...]) -> ToolRegistry:
     return registry
 
 
+def _check_models(*specs: str | None) -> None:
+    """Fail fast, before anything is submitted, on a model spec that cannot work here."""
+    from handlers.llm.base import ModelError, resolve_model
+
+    for spec in specs:
+        if spec is None:
+            continue
+        try:
+            asyncio.run(resolve_model(spec).aclose())
+        except ModelError as exc:
+            raise click.BadParameter(str(exc), param_hint="--model") from exc
+
+
 def _policy(policy_file: str | None, allow_host: tuple[str, ...]) -> ToolPolicy:
     from handlers.policy import ToolPolicy
 
@@ -345,6 +358,7 @@ def run(
 
     policy = _policy(policy_file, allow_host)
     registry = _registry(tool_refs)
+    _check_models(model, fallback_model)
     deadline = datetime.now(UTC) + timedelta(seconds=timeout_s) if timeout_s else None
     task = Task(
         goal=goal,

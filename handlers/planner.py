@@ -122,7 +122,10 @@ class Planner(Handler):
         if limits.spending(view):
             return []  # the evaluator aborts the run
         step = view.step + 1
-        model = self._model(view)
+        try:
+            model = self._model(view)
+        except ModelError as exc:  # a bad model spec or a missing local model
+            return [RunFailed(meta=ctx.meta(), error=f"model unavailable: {exc}", steps=view.step)]
         outputs: list[Event] = []
 
         messages = conversation(view)

@@ -441,3 +441,11 @@ async def test_working_memory_summarizes_older_steps(
     assert "call_1_0" not in final_prompt, "the summarized step is no longer sent in full"
     assert "call_2_0" in final_prompt
     assert events[-1].type_name == "RunCompleted"
+
+
+async def test_an_unusable_model_fails_the_run_instead_of_hanging(
+    backend: Backend, tmp_path: Path, server: ProviderServer
+) -> None:
+    view, _ = await run_task(backend, tmp_path, Task(goal="hi", model="bogus:x"))
+    assert view.status == "failed"
+    assert view.error and "unknown model provider" in view.error

@@ -131,3 +131,12 @@ def test_schemas_commands() -> None:
     assert "FULL_TRANSITIVE" in out
     code, out, _ = invoke("schemas", "list")
     assert "agentstream.events.TaskSubmitted" in out
+
+
+def test_a_model_that_cannot_work_is_refused_before_submitting(cli_env: ProviderServer) -> None:
+    code, _, err = invoke("run", "hi", "--model", "bogus:x")
+    assert code == 2
+    assert "unknown model provider 'bogus'" in err
+    code, _, err = invoke("run", "hi", "--model", "local:no-such-model")
+    assert code == 2
+    assert "unknown local model" in err
