@@ -27,6 +27,7 @@ from handlers.llm.messages import (
     ToolDefinition,
     ToolResultMessage,
 )
+from handlers.stuck import FailsRunWhenStuck
 from handlers.tools.base import ToolRegistry
 from handlers.working_memory import conversation, estimate_tokens, summarize
 from projections.run_view import RunView, RunViews
@@ -41,7 +42,7 @@ from streams.events import (
     ToolCallRequested,
     Usage,
 )
-from streams.worker import Handler, HandlerContext
+from streams.worker import HandlerContext
 
 THOUGHT_CHARS = 1_000
 
@@ -63,7 +64,7 @@ class PlannerSettings:
     keep_recent_steps: int = 2
 
 
-class Planner(Handler):
+class Planner(FailsRunWhenStuck):
     """Decides each run's next step with a model."""
 
     name = "planner"

@@ -15,13 +15,14 @@ from collections.abc import Sequence
 
 from handlers import limits
 from handlers.policy import ToolPolicy
+from handlers.stuck import FailsRunWhenStuck
 from handlers.tools.base import ToolRegistry, canonical_json, idempotency_key
 from projections.run_view import RunViews
 from streams.events import Event, ToolCallDispatched, ToolCallRejected, ToolCallRequested
-from streams.worker import Handler, HandlerContext
+from streams.worker import HandlerContext
 
 
-class ToolRouter(Handler):
+class ToolRouter(FailsRunWhenStuck):
     """Validates requested tool calls and dispatches or rejects them."""
 
     name = "tool-router"

@@ -17,11 +17,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from handlers.policy import ToolPolicy
+from handlers.stuck import FailsRunWhenStuck
 from handlers.tools.base import ToolContext, ToolError, ToolRegistry, ToolResult, canonical_json
 from projections.blobs import BlobStore
 from projections.idempotency import IdempotencyLedger
 from streams.events import BudgetCharged, Event, ObservationRecorded, ToolCallDispatched, Usage
-from streams.worker import Handler, HandlerContext
+from streams.worker import HandlerContext
 
 MAX_OBSERVATION_CHARS = 16_000
 
@@ -35,7 +36,7 @@ def _result_from_json(text: str) -> ToolResult:
     return ToolResult(ok=bool(data["ok"]), data=data.get("data"), error=data.get("error"))
 
 
-class ToolExecutor(Handler):
+class ToolExecutor(FailsRunWhenStuck):
     """Executes ToolCallDispatched events and emits ObservationRecorded."""
 
     name = "tool-executor"

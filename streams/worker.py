@@ -78,6 +78,14 @@ class Handler(ABC):
     async def handle(self, event: Event, ctx: HandlerContext) -> Sequence[Event]:
         """React to one event; return the events to emit (possibly none)."""
 
+    def gave_up(self, event: Event, ctx: HandlerContext, error: str) -> Sequence[Event]:
+        """Events to emit when `event` is dead-lettered after `handle` failed for good.
+
+        The default emits nothing. A handler a run cannot progress without (the planner,
+        say) returns a RunFailed here, so the run ends visibly instead of waiting forever.
+        """
+        return ()
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -212,33 +220,34 @@ class Worker:
                 break
             except Exception as exc:
                 retryable = getattr(exc, "retryable", False) is True
-                if not retryable:
-                    return [
-                        self._dead_letter(
-                            record, DeadLetterReason.HANDLER_REJECTED, f"{type(exc).__name__}: {exc}"
-                        )
-                    ]
-                if attempt >= self.retry.max_attempts:
-                    return [
-                        self._dead_letter(
-                            record,
-                            DeadLetterReason.RETRIES_EXHAUSTED,
-                            f"{attempt} attempts, last: {type(exc).__name__}: {exc}",
-                        )
-                    ]
+                if not retryable or attempt >= self.retry.max_attempts:
+                    reason = (
+                        DeadLetterReason.HANDLER_REJECTED
+                        if not retryable
+                        else DeadLetterReason.RETRIES_EXHAUSTED
+                    )
+                    detail = f"{type(exc).__name__}: {exc}"
+                    if retryable:
+                        detail = f"{attempt} attempts, last: {detail}"
+                    fallout = self.handler.gave_up(
+                        event, HandlerContext(self.handler.name, record, event, attempt), detail
+                    )
+                    return [self._dead_letter(record, reason, detail), *await self._encode(fallout)]
                 self.stats.retries += 1
                 await self._sleep(self.retry.delay(attempt))
                 attempt += 1
         self.stats.handled += 1
         emitted_for_run.extend(out for out in emitted if out.meta.run_id == event.meta.run_id)
-        outputs = []
-        for out in emitted:
-            topic = self.topics.events
-            outputs.append(
-                OutgoingRecord(topic, out.meta.run_id.encode(), await self.codec.encode(topic, out))
-            )
+        outputs = await self._encode(emitted)
         self.stats.emitted += len(outputs)
         return outputs
+
+    async def _encode(self, events: Sequence[Event]) -> list[OutgoingRecord]:
+        topic = self.topics.events
+        return [
+            OutgoingRecord(topic, out.meta.run_id.encode(), await self.codec.encode(topic, out))
+            for out in events
+        ]
 
     def _dead_letter(self, record: LogRecord, reason: str, detail: str) -> OutgoingRecord:
         self.stats.dead_lettered += 1

@@ -449,3 +449,19 @@ async def test_an_unusable_model_fails_the_run_instead_of_hanging(
     view, _ = await run_task(backend, tmp_path, Task(goal="hi", model="bogus:x"))
     assert view.status == "failed"
     assert view.error and "unknown model provider" in view.error
+
+
+class Buggy(ModelClient):
+    """A model client with a bug: raises something that is not a ModelError."""
+
+    async def complete(self, request: Any) -> Any:
+        raise KeyError("a bug in an adapter")
+
+
+async def test_a_planner_bug_fails_the_run_and_dead_letters_the_event(
+    backend: Backend, tmp_path: Path, server: ProviderServer
+) -> None:
+    view, _ = await run_task(backend, tmp_path, Task(goal="hi", model="openai:x"), models=lambda _: Buggy())
+    assert view.status == "failed"
+    assert view.error and "planner could not process TaskSubmitted" in view.error
+    assert "KeyError" in view.error
