@@ -84,6 +84,8 @@ class Planner(FailsRunWhenStuck):
         self.settings = settings or PlannerSettings()
         self._model_factory = models
         self._models: dict[tuple[str, str | None], ModelClient] = {}
+        # Tool definitions by the run's allowed tools; the registry is fixed once workers run.
+        self._definitions: dict[tuple[str, ...], list[ToolDefinition]] = {}
 
     def _model(self, view: RunView) -> ModelClient:
         key = (view.model or self.settings.default_model, view.fallback_model)
@@ -95,11 +97,15 @@ class Planner(FailsRunWhenStuck):
         return client
 
     def _tools(self, view: RunView) -> list[ToolDefinition]:
-        return [
-            ToolDefinition(name=s.name, description=s.description, parameters=dict(s.parameters))
-            for s in self.registry.specs()
-            if not view.tools or s.name in view.tools
-        ]
+        key = tuple(view.tools)
+        tools = self._definitions.get(key)
+        if tools is None:
+            tools = self._definitions[key] = [
+                ToolDefinition(name=s.name, description=s.description, parameters=dict(s.parameters))
+                for s in self.registry.specs()
+                if not view.tools or s.name in view.tools
+            ]
+        return tools
 
     def _problems(self, response: ModelResponse, view: RunView) -> dict[str, str]:
         """Why each call of a response would be rejected, by call id."""

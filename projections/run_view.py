@@ -7,6 +7,7 @@ lets any projection store be rebuilt from offset 0 and compared with the live on
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -223,29 +224,39 @@ class RunView:
 
 
 class RunViews:
-    """Builds a run's current view straight from the log: always as fresh as the log.
+    """Builds a run's current view from the log: always as fresh as the log.
 
     `include` adds events a handler emitted earlier in its current batch, which are not
     committed yet (see `HandlerContext.uncommitted`). Records that cannot be decoded are
     left out here; the workers dead-letter them.
     """
 
-    def __init__(self, log: EventLog, codec: EventCodec, topics: Topics) -> None:
+    def __init__(self, log: EventLog, codec: EventCodec, topics: Topics, *, cache_runs: int = 10_000) -> None:
         self.log = log
         self.codec = codec
         self.topics = topics
+        self.cache_runs = cache_runs
+        # run id -> (next offset to read, events decoded so far): each call reads and
+        # decodes only what was appended since the last one. Least recently used first.
+        self._cache: OrderedDict[str, tuple[int, list[Event]]] = OrderedDict()
 
     async def events(self, run_id: str) -> list[Event]:
+        """The run's committed events, in log order."""
         key = run_id.encode()
         topic = self.topics.events
         partition = partition_for(key, await self.log.partitions(topic))
-        events: list[Event] = []
-        for record in await self.log.read_key(topic, partition, key):
+        next_offset, known = self._cache.pop(run_id, (0, []))
+        events = list(known)
+        for record in await self.log.read_key(topic, partition, key, next_offset):
+            next_offset = record.offset + 1
             try:
                 events.append(await self.codec.decode(record.value))
             except PoisonEvent:
                 continue
-        return events
+        self._cache[run_id] = (next_offset, events)
+        while len(self._cache) > self.cache_runs:
+            self._cache.popitem(last=False)
+        return list(events)
 
     async def view(self, run_id: str, include: Sequence[Event] = ()) -> RunView:
         events = await self.events(run_id)

@@ -79,6 +79,7 @@ class KafkaEventLog(EventLog):
                 enable_auto_commit=False,
                 isolation_level="read_committed",
                 auto_offset_reset="earliest",
+                fetch_max_wait_ms=20,
             )
             try:
                 await reader.start()
@@ -212,11 +213,17 @@ class KafkaEventLog(EventLog):
         reader.seek(tp, offset)
         out: list[LogRecord] = []
         deadline = time.monotonic() + 30
+        empty = 0
         while len(out) < limit and time.monotonic() < deadline:
-            batch = await reader.getmany(tp, timeout_ms=200, max_records=limit - len(out))
-            for msg in batch.get(tp, []):
-                out.append(_to_record(msg))
+            batch = await reader.getmany(tp, timeout_ms=100, max_records=limit - len(out))
+            messages = batch.get(tp, [])
+            out.extend(_to_record(msg) for msg in messages)
             if await reader.position(tp) >= end:
+                break
+            # Transaction markers take offsets but are never returned, so the position can
+            # stop short of the end offset: an empty fetch after data means we are done.
+            empty = 0 if messages else empty + 1
+            if empty and (out or empty >= 3):
                 break
         return out[:limit]
 

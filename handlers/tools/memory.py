@@ -26,6 +26,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from typing import Any
 
 from handlers.tools.base import JSONValue, Tool, ToolContext, ToolError, ToolResult, ToolSpec
@@ -56,7 +57,7 @@ class MemoryWriteTool(Tool):
     def __init__(self, namespace: str = DEFAULT_NAMESPACE) -> None:
         self.namespace = namespace
 
-    @property
+    @cached_property
     def spec(self) -> ToolSpec:
         return ToolSpec(
             name="memory_write",
@@ -101,7 +102,7 @@ class MemorySearchTool(Tool):
         self.embedder = embedder
         self.readable = readable
 
-    @property
+    @cached_property
     def spec(self) -> ToolSpec:
         return ToolSpec(
             name="memory_search",
