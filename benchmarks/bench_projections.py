@@ -2,13 +2,15 @@
 
     python benchmarks/bench_projections.py -n 200000
     python benchmarks/bench_projections.py -n 1000000 --dir /var/tmp/bench
+    python benchmarks/bench_projections.py -n 50000 --store cassandra://127.0.0.1:9042/bench
 
 Simulated runs (tests/support/runs.py: many tenants, tool calls, approvals, charges) are
 appended to a SQLite log. Then every built-in projection (run state, episodic,
 approvals, cost ledger) is applied to a SQLite store the way `agentstream projections
 run` does it (batches of --batch, each committed with its offsets), and finally all of
 them are rebuilt from offset 0 the way `agentstream projections rebuild` does it.
-Prints JSON.
+`--store URL` projects into another store (Cassandra: the keyspace is dropped first and
+after). Prints JSON.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.suppor
 
 from projections.builtin import builtin_projections
 from projections.projector import Projector
-from projections.stores.sqlite import SqliteProjectionStore
+from projections.stores import open_store
 from streams.codec import EventCodec
 from streams.registry import EmbeddedSchemaRegistry
 from streams.sqlite_log import SqliteEventLog
@@ -42,7 +44,18 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
 
 
-async def bench(n: int, batch: int, rebuild_batch: int, workdir: Path, partitions: int) -> dict[str, Any]:
+async def _drop(url: str) -> None:
+    from projections.stores.cassandra import CassandraProjectionStore
+
+    store = open_store(url)
+    assert isinstance(store, CassandraProjectionStore)
+    await store.drop_keyspace()
+    await store.close()
+
+
+async def bench(
+    n: int, batch: int, rebuild_batch: int, workdir: Path, partitions: int, store_url: str | None = None
+) -> dict[str, Any]:
     log = SqliteEventLog(workdir / "log.db", synchronous="normal")
     topics = Topics(prefix="bench", partitions=partitions)
     for spec in topics.specs():
@@ -60,7 +73,9 @@ async def bench(n: int, batch: int, rebuild_batch: int, workdir: Path, partition
         group += 1
     setup_s = time.perf_counter() - start
 
-    store = SqliteProjectionStore(workdir / "views.db")
+    if store_url and store_url.startswith("cassandra://"):
+        await _drop(store_url)
+    store = open_store(store_url or f"sqlite://{workdir}/views.db")
     live = Projector(log, codec, store, builtin_projections(), topic=topics.events, batch_size=batch)
     await live.start()
     start = time.perf_counter()
@@ -92,9 +107,13 @@ async def bench(n: int, batch: int, rebuild_batch: int, workdir: Path, partition
             "commits": rebuilt.batches,
         },
         "log_bytes": _size(workdir / "log.db"),
-        "store_bytes": _size(workdir / "views.db"),
+        "store": store_url.split("://", 1)[0] if store_url else "sqlite",
     }
+    if not store_url:
+        result["store_bytes"] = _size(workdir / "views.db")
     await store.close()
+    if store_url and store_url.startswith("cassandra://"):
+        await _drop(store_url)
     await log.close()
     return result
 
@@ -110,9 +129,14 @@ def main() -> None:
     parser.add_argument(
         "--dir", type=Path, default=None, help="where the log and store go (default: a temp dir)"
     )
+    parser.add_argument(
+        "--store", default=None, help="projection store URL (default: SQLite in the work dir)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        result = asyncio.run(bench(args.n, args.batch, args.rebuild_batch, Path(tmp), args.partitions))
+        result = asyncio.run(
+            bench(args.n, args.batch, args.rebuild_batch, Path(tmp), args.partitions, args.store)
+        )
     print(
         json.dumps(
             {"bench": "projections", "python": platform.python_version(), "cpus": os.cpu_count(), **result},

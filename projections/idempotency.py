@@ -96,8 +96,40 @@ class SqliteIdempotencyLedger(IdempotencyLedger):
         self._db.close()
 
 
+class CassandraLedger(IdempotencyLedger):
+    """The ledger in a Cassandra keyspace; claims are `INSERT ... IF NOT EXISTS`.
+
+    `cassandra://host:port/keyspace` (`pip install 'agentstream[cassandra]'`); the driver is
+    imported only when such a URL is opened.
+    """
+
+    def __init__(self, url: str) -> None:
+        from projections.stores.cassandra import open_cassandra_ledger
+
+        self.url = url
+        self._ledger = open_cassandra_ledger(url)
+
+    async def claim(self, key: str, run_id: str, tool: str) -> Claim:
+        state, result, attempts = await self._ledger.claim(key, run_id, tool)
+        if state == "new":
+            return Claim("new")
+        if state == "completed":
+            return Claim("completed", result, attempts)
+        return Claim("started", None, attempts)
+
+    async def complete(self, key: str, result_json: str) -> None:
+        await self._ledger.complete(key, result_json)
+
+    async def aclose(self) -> None:
+        await self._ledger.aclose()
+
+
 def open_ledger(url: str) -> IdempotencyLedger:
-    """A ledger for a URL: `sqlite:///path`."""
+    """A ledger for a URL: `sqlite:///path` or `cassandra://host:port/keyspace`."""
     if url.startswith("sqlite://"):
         return SqliteIdempotencyLedger(url.removeprefix("sqlite://"))
-    raise ConfigError(f"unsupported idempotency ledger URL {url!r}: use sqlite:///PATH")
+    if url.startswith("cassandra://"):
+        return CassandraLedger(url)
+    raise ConfigError(
+        f"unsupported idempotency ledger URL {url!r}: use sqlite:///PATH or cassandra://HOST:PORT/KEYSPACE"
+    )

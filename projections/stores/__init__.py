@@ -1,8 +1,8 @@
 """Projection stores, chosen by URL: one small registry from URL scheme to store factory.
 
 `sqlite:///path/to/views.db[?synchronous=normal|full]` is the embedded default. A backend's
-driver is imported only when its scheme is used. `cassandra://host:port/keyspace` will be
-the second entry.
+driver is imported only when its scheme is used. `cassandra://host:port/keyspace[?replication_factor=1]`
+is the wide-column one (`pip install 'agentstream[cassandra]'`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,13 @@ def _sqlite(url: str) -> ProjectionStore:
     return SqliteProjectionStore(path, synchronous=query.get("synchronous", "normal"))
 
 
-STORE_BACKENDS: dict[str, Callable[[str], ProjectionStore]] = {"sqlite": _sqlite}
+def _cassandra(url: str) -> ProjectionStore:
+    from projections.stores.cassandra import open_cassandra_store
+
+    return open_cassandra_store(url)
+
+
+STORE_BACKENDS: dict[str, Callable[[str], ProjectionStore]] = {"sqlite": _sqlite, "cassandra": _cassandra}
 
 
 def open_store(url: str) -> ProjectionStore:

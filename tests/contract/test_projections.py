@@ -1,7 +1,8 @@
 """Projections on every event log: each event applied exactly once, rebuilds equal to live views,
 and a projector killed with SIGKILL at random instants loses and doubles nothing.
 
-The store is the embedded SQLite one; the log is each backend of the `backend` fixture.
+Each runs on every pairing of an event log (the `backend` fixture) and a projection store
+(the `store_backend` fixture: SQLite, and Cassandra when a node is given).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -23,13 +24,14 @@ from projections.cost_ledger import CostLedger
 from projections.episodic import EVENTS
 from projections.projector import Projector
 from projections.run_state import RunStates
-from projections.stores.sqlite import SqliteProjectionStore
+from projections.stores.base import ProjectionStore
 from streams.codec import EventCodec
 from streams.events import Event
 from streams.log import EventLog, OutgoingRecord
 from tests.support.backends import Backend
 from tests.support.projections import Expected, snapshot
 from tests.support.runs import publish, simulate
+from tests.support.stores import StoreBackend
 
 ROOT = Path(__file__).resolve().parents[2]
 POISON = [b"", b"\x01not-avro", b"\x00\x00\x0f\x42\x3fbody"]
@@ -41,20 +43,13 @@ def _seed() -> int:
     return seed
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteProjectionStore]:
-    opened = SqliteProjectionStore(tmp_path / "views.db")
-    yield opened
-    await opened.close()
-
-
 def _projector(
-    backend: Backend, log: EventLog, codec: EventCodec, store: SqliteProjectionStore, batch: int
+    backend: Backend, log: EventLog, codec: EventCodec, store: ProjectionStore, batch: int
 ) -> Projector:
     return Projector(log, codec, store, builtin_projections(), topic=backend.topics.events, batch_size=batch)
 
 
-async def _assert_exact(store: SqliteProjectionStore, events: Sequence[Event]) -> None:
+async def _assert_exact(store: ProjectionStore, events: Sequence[Event]) -> None:
     """Nothing lost, nothing doubled: counts and money exactly as in the events."""
     expected = Expected.of(events)
     rows = await store.scan(EVENTS)
@@ -71,9 +66,9 @@ async def _assert_exact(store: SqliteProjectionStore, events: Sequence[Event]) -
 
 
 async def _rebuilt_elsewhere(
-    backend: Backend, log: EventLog, codec: EventCodec, path: Path
+    backend: Backend, log: EventLog, codec: EventCodec, stores: StoreBackend, label: str
 ) -> dict[str, list[dict[str, object]]]:
-    fresh = SqliteProjectionStore(path)
+    fresh = stores.open(label)
     try:
         await _projector(backend, log, codec, fresh, 5000).run_until_caught_up()
         return await snapshot(fresh, builtin_projections())
@@ -82,7 +77,7 @@ async def _rebuilt_elsewhere(
 
 
 async def test_each_event_is_applied_once_across_restarts(
-    backend: Backend, log: EventLog, store: SqliteProjectionStore
+    backend: Backend, log: EventLog, store: ProjectionStore, store_backend: StoreBackend
 ) -> None:
     codec = backend.codec()
     events = simulate(seed=31, runs=20)
@@ -92,7 +87,7 @@ async def test_each_event_is_applied_once_across_restarts(
     for _ in range(3):
         await first.step()
     assert 0 < first.stats.records < len(events)
-    again = SqliteProjectionStore(store.path)  # a new process would open the file afresh
+    again = store_backend.open()  # a new process would open the store afresh
     try:
         second = _projector(backend, log, codec, again, 40)
         stats = await second.run_until_caught_up()
@@ -104,7 +99,7 @@ async def test_each_event_is_applied_once_across_restarts(
 
 
 async def test_rebuild_equals_live_after_a_long_randomised_run(
-    backend: Backend, log: EventLog, store: SqliteProjectionStore, tmp_path: Path
+    backend: Backend, log: EventLog, store: ProjectionStore, store_backend: StoreBackend
 ) -> None:
     rng = random.Random(_seed())
     codec = backend.codec()
@@ -128,7 +123,7 @@ async def test_rebuild_equals_live_after_a_long_randomised_run(
     live = await snapshot(store, projector.projections)
     await _assert_exact(store, events)
 
-    assert await _rebuilt_elsewhere(backend, log, codec, tmp_path / "fresh.db") == live
+    assert await _rebuilt_elsewhere(backend, log, codec, store_backend, "fresh") == live
     for projection in projector.projections:
         await projector.rebuild(projection.name)
         assert await snapshot(store, projector.projections) == live, f"rebuilt {projection.name}"
@@ -138,13 +133,13 @@ async def test_rebuild_equals_live_after_a_long_randomised_run(
 
 
 async def test_two_projectors_on_one_store_apply_each_event_once(
-    backend: Backend, log: EventLog, store: SqliteProjectionStore
+    backend: Backend, log: EventLog, store: ProjectionStore, store_backend: StoreBackend
 ) -> None:
     codec = backend.codec()
     events = simulate(seed=32, runs=20)
     await publish(log, codec, backend.topics.events, events)
     # Two processes, as far as the log and the store can tell: each has its own connections.
-    other, other_log = SqliteProjectionStore(store.path), backend.open()
+    other, other_log = store_backend.open(), backend.open()
     one, two = _projector(backend, log, codec, store, 25), _projector(backend, other_log, codec, other, 25)
 
     async def drain(projector: Projector) -> None:
@@ -165,7 +160,7 @@ async def test_two_projectors_on_one_store_apply_each_event_once(
 
 
 async def test_a_reader_waits_for_the_event_it_reacts_to(
-    backend: Backend, log: EventLog, store: SqliteProjectionStore
+    backend: Backend, log: EventLog, store: ProjectionStore
 ) -> None:
     codec = backend.codec()
     topic = backend.topics.events
@@ -190,13 +185,13 @@ async def test_a_reader_waits_for_the_event_it_reacts_to(
 KILLS = 15
 
 
-def _spawn(backend: Backend, store_path: Path, home: Path, log_file: Path) -> subprocess.Popen[bytes]:
+def _spawn(backend: Backend, store_url: str, home: Path, log_file: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "AGENTSTREAM_HOME": str(home),
         "AGENTSTREAM_LOG_URL": backend.url,
         "AGENTSTREAM_REGISTRY_URL": f"sqlite://{backend.registry_path}",
-        "AGENTSTREAM_STORE_URL": f"sqlite://{store_path}?synchronous=full",
+        "AGENTSTREAM_STORE_URL": store_url,
         "AGENTSTREAM_TOPIC_PREFIX": backend.topics.prefix,
         "AGENTSTREAM_PARTITIONS": str(backend.topics.partitions),
         "PYTHONPATH": str(ROOT),
@@ -210,7 +205,7 @@ def _spawn(backend: Backend, store_path: Path, home: Path, log_file: Path) -> su
     )
 
 
-async def _applied_and_end(backend: Backend, log: EventLog, store: SqliteProjectionStore) -> tuple[int, int]:
+async def _applied_and_end(backend: Backend, log: EventLog, store: ProjectionStore) -> tuple[int, int]:
     """The least any projection has applied, and the log's end, summed over partitions."""
     end = sum([await log.end_offset(backend.topics.events, p) for p in range(backend.topics.partitions)])
     applied = min([sum((await store.offsets(p.name)).values()) for p in builtin_projections()])
@@ -220,7 +215,7 @@ async def _applied_and_end(backend: Backend, log: EventLog, store: SqliteProject
 async def _started_applying(
     backend: Backend,
     log: EventLog,
-    store: SqliteProjectionStore,
+    store: ProjectionStore,
     before: int,
     projector: subprocess.Popen[bytes],
 ) -> None:
@@ -233,14 +228,16 @@ async def _started_applying(
 
 @pytest.mark.slow
 async def test_sigkill_at_random_points_loses_and_doubles_nothing(
-    backend: Backend, log: EventLog, tmp_path: Path
+    backend: Backend, log: EventLog, store_backend: StoreBackend, tmp_path: Path
 ) -> None:
     rng = random.Random(_seed())
     codec = backend.codec()
     topic = backend.topics.events
     events = simulate(seed=rng.randrange(1 << 30), runs=200)
-    store_path = tmp_path / "killed.db"
-    watcher = SqliteProjectionStore(store_path)
+    store_url = store_backend.url("killed")
+    if store_backend.name == "sqlite":
+        store_url += "?synchronous=full"
+    watcher = store_backend.open("killed")
     projector_log = tmp_path / "projector.log"
     chunks = [events[len(events) * i // KILLS : len(events) * (i + 1) // KILLS] for i in range(KILLS)]
     kills_mid_stream = 0
@@ -252,7 +249,7 @@ async def test_sigkill_at_random_points_loses_and_doubles_nothing(
             if rng.random() < 0.5:
                 await log.append([OutgoingRecord(topic, b"poison", rng.choice(POISON))])
             before, _ = await _applied_and_end(backend, log, watcher)
-            projector = _spawn(backend, store_path, tmp_path / "home", projector_log)
+            projector = _spawn(backend, store_url, tmp_path / "home", projector_log)
             await _started_applying(backend, log, watcher, before, projector)
             await publish(log, codec, topic, chunk[half:], chunk=20)
             await asyncio.sleep(rng.uniform(0, 0.1))
@@ -262,7 +259,7 @@ async def test_sigkill_at_random_points_loses_and_doubles_nothing(
             if applied < end:
                 kills_mid_stream += 1
 
-        projector = _spawn(backend, store_path, tmp_path / "home", projector_log)
+        projector = _spawn(backend, store_url, tmp_path / "home", projector_log)
         try:
             deadline = time.monotonic() + 180
             while True:
@@ -283,6 +280,6 @@ async def test_sigkill_at_random_points_loses_and_doubles_nothing(
         )
         await _assert_exact(watcher, events)
         killed = await snapshot(watcher, builtin_projections())
-        assert await _rebuilt_elsewhere(backend, log, codec, tmp_path / "fresh.db") == killed
+        assert await _rebuilt_elsewhere(backend, log, codec, store_backend, "fresh") == killed
     finally:
         await watcher.close()

@@ -1,17 +1,8 @@
-"""Fixtures of the projection unit tests: a fresh SQLite projection store each."""
+"""Fixtures of the projection unit tests: a fresh projection store each, on every backend.
+
+`store` is SQLite, and Cassandra too when AGENTSTREAM_TEST_CASSANDRA names a node.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-
-from projections.stores.sqlite import SqliteProjectionStore
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteProjectionStore]:
-    opened = SqliteProjectionStore(tmp_path / "views.db")
-    yield opened
-    await opened.close()
+from tests.support.stores import store, store_backend  # noqa: F401  (fixtures)

@@ -1,4 +1,5 @@
-"""The SQLite projection store: declared tables, atomic batches with offsets, tenant-bound reads."""
+"""Projection stores (SQLite, and Cassandra when a node is given): declared tables,
+atomic batches with offsets, tenant-bound reads."""
 
 from __future__ import annotations
 
@@ -188,8 +189,11 @@ async def test_a_changed_schema_resets_the_projection(store: SqliteProjectionSto
 async def test_a_table_lost_outside_the_store_resets_the_projection(store: SqliteProjectionStore) -> None:
     await store.register(SCHEMA)
     await _write(store, _note("acme", "n1", 1), offset=7)
-    with sqlite3.connect(store.path) as db:
-        db.execute("DROP TABLE notes")
+    if isinstance(store, SqliteProjectionStore):
+        with sqlite3.connect(store.path) as db:
+            db.execute("DROP TABLE notes")
+    else:
+        await store._ddl("DROP TABLE {ks}.notes")  # type: ignore[attr-defined]
     assert await store.register(SCHEMA) is True, "offsets without their rows would be a lie"
     assert await store.offsets("notes") == {}
     assert await store.scan(NOTES) == []
@@ -241,8 +245,10 @@ async def test_open_store_picks_the_backend_by_url(tmp_path: Path) -> None:
     assert isinstance(store, SqliteProjectionStore)
     assert store.url == f"sqlite://{tmp_path}/v.db"
     await store.close()
-    for url in ("sqlite://", "cassandra://127.0.0.1:9042/views", "views.db"):
+    for url in ("sqlite://", "cassandra://127.0.0.1:9042", "cassandra://h:port/v", "views.db"):
         with pytest.raises(ConfigError):
             open_store(url)
+    with pytest.raises(ConfigError, match="unknown options"):
+        open_store("cassandra://127.0.0.1:9042/views?consistency=one")
     with pytest.raises(ConfigError, match="synchronous"):
         open_store(f"sqlite://{tmp_path}/v.db?synchronous=sometimes")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,10 +18,11 @@ from projections.builtin import builtin_projections
 from projections.cost_ledger import CostLedger
 from projections.episodic import Episodes
 from projections.run_state import RunStates
-from projections.stores.sqlite import SqliteProjectionStore
+from projections.stores.base import ProjectionStore
 from streams.events import EVENT_TYPES, ApprovalDecided, ApprovalRequested, Event
 from tests.support.projections import apply_events
 from tests.support.runs import meta, simulate
+from tests.support.stores import StoreBackend
 
 pytestmark = pytest.mark.unit
 
@@ -89,9 +89,9 @@ EVIL = (
 
 
 @pytest.fixture
-async def stores(tmp_path: Path) -> AsyncIterator[tuple[SqliteProjectionStore, SqliteProjectionStore]]:
-    mixed = SqliteProjectionStore(tmp_path / "mixed.db")
-    alone = SqliteProjectionStore(tmp_path / "alone.db")
+async def stores(store_backend: StoreBackend) -> AsyncIterator[tuple[ProjectionStore, ProjectionStore]]:
+    mixed = store_backend.open("mixed")
+    alone = store_backend.open("alone")
     mixed_events = [e for pair in zip(ACME, EVIL, strict=False) for e in pair]
     mixed_events += ACME[len(EVIL) :] + EVIL[len(ACME) :]
     await apply_events(mixed, builtin_projections(), mixed_events, batch=31)
@@ -139,7 +139,7 @@ def _queries(tenant: str) -> list[tuple[str, Any]]:
 
 
 async def test_every_query_of_a_tenant_answers_as_if_it_were_alone(
-    stores: tuple[SqliteProjectionStore, SqliteProjectionStore],
+    stores: tuple[ProjectionStore, ProjectionStore],
 ) -> None:
     mixed, alone = stores
     checked = 0
@@ -157,7 +157,7 @@ async def test_every_query_of_a_tenant_answers_as_if_it_were_alone(
 
 @pytest.mark.parametrize("tenant", HOSTILE_TENANTS)
 async def test_lookalike_and_wildcard_tenants_see_nothing(
-    stores: tuple[SqliteProjectionStore, SqliteProjectionStore], tenant: str
+    stores: tuple[ProjectionStore, ProjectionStore], tenant: str
 ) -> None:
     mixed, _ = stores
     for label, query in _queries(tenant):
@@ -169,7 +169,7 @@ async def test_lookalike_and_wildcard_tenants_see_nothing(
 
 
 async def test_a_query_without_a_tenant_is_refused(
-    stores: tuple[SqliteProjectionStore, SqliteProjectionStore],
+    stores: tuple[ProjectionStore, ProjectionStore],
 ) -> None:
     mixed, _ = stores
     with pytest.raises(ValueError, match="tenant"):
