@@ -233,7 +233,9 @@ async def test_sigkill_at_random_points_loses_and_doubles_nothing(
     rng = random.Random(_seed())
     codec = backend.codec()
     topic = backend.topics.events
-    events = simulate(seed=rng.randrange(1 << 30), runs=200)
+    # Cassandra applies a few hundred events a second on a shared 2-core machine: a smaller
+    # stream keeps the catch-up inside the deadline while the kills still land mid-stream.
+    events = simulate(seed=rng.randrange(1 << 30), runs=200 if store_backend.name == "sqlite" else 80)
     store_url = store_backend.url("killed")
     if store_backend.name == "sqlite":
         store_url += "?synchronous=full"
@@ -261,7 +263,7 @@ async def test_sigkill_at_random_points_loses_and_doubles_nothing(
 
         projector = _spawn(backend, store_url, tmp_path / "home", projector_log)
         try:
-            deadline = time.monotonic() + 180
+            deadline = time.monotonic() + 300
             while True:
                 applied, end = await _applied_and_end(backend, log, watcher)
                 if applied == end:
