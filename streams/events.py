@@ -156,6 +156,20 @@ class GoalChanged(Event):
     """Who changed it."""
 
 
+class HumanAnswered(Event):
+    """A person answered a question the agent asked with the ask_human tool."""
+
+    type_name: ClassVar[str] = "HumanAnswered"
+    fullname: ClassVar[str] = "agentstream.events.HumanAnswered"
+
+    tool_call_id: str
+    """The ask_human call this answers."""
+    answer: str
+    """The person's answer, as they wrote it."""
+    answered_by: str
+    """Identity of the person who answered."""
+
+
 class MemoryWritten(Event):
     """Something was written to an agent's semantic memory."""
 
@@ -444,6 +458,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ApprovalRequested,
         BudgetCharged,
         GoalChanged,
+        HumanAnswered,
         MemoryWritten,
         ObservationRecorded,
         PlanProposed,
