@@ -27,6 +27,7 @@ from projections.blobs import BlobStore
 from projections.builtin import builtin_projections
 from projections.idempotency import IdempotencyLedger, open_ledger
 from projections.projector import Projection, Projector
+from projections.recall import EpisodicRecall
 from projections.run_view import TERMINAL, RunView, RunViews
 from projections.stores import ProjectionStore, open_store
 from streams.backends import open_log
@@ -148,7 +149,9 @@ class AgentRuntime:
     async def start(self) -> None:
         for spec in self.settings.topics.specs():
             await self.log.create_topic(spec)
-        self.planner = Planner(self.views, self.tools, self.planner_settings, self.models)
+        self.planner = Planner(
+            self.views, self.tools, self.planner_settings, self.models, recall=EpisodicRecall(self.store)
+        )
         self.handlers = [
             self.planner,
             ToolRouter(self.views, self.tools, self.policy),

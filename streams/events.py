@@ -234,6 +234,8 @@ class PlanProposed(Event):
     """Tool calls requested in this step."""
     based_on_event_id: str
     """Latest event of the run the planner had seen; plans on older views are discarded."""
+    recalled: list[str] = Field(default_factory=list)
+    """Event ids of earlier runs recalled into this step's prompt (episodic recall), as cited there."""
 
 
 class RunAborted(Event):

@@ -24,6 +24,8 @@ from handlers.tools.base import (
     ToolSpec,
     builtin_registry,
 )
+from projections.recall import TOOL_FAILURES
+from projections.run_state import RUNS
 from projections.run_view import RunView
 from streams.events import Event
 from tests.llm_servers import (
@@ -523,4 +525,53 @@ async def test_memory_written_in_one_run_is_recalled_in_another_with_a_citation(
     assert first in found, "every hit cites the run that wrote it"
     assert "rotates every Friday" not in tool_messages(server.requests[5].json)["call_1_0"], (
         "another tenant reads nothing"
+    )
+
+
+@pytest.mark.parametrize(
+    "backend",
+    ["sqlite", pytest.param("kafka", marks=[pytest.mark.integration, pytest.mark.kafka])],
+    indirect=True,
+)
+async def test_planner_recalls_an_earlier_failure_of_the_same_tool_with_a_citation(
+    backend: Backend, tmp_path: Path, server: ProviderServer
+) -> None:
+    settings = Settings(
+        home=tmp_path / "home",
+        log_url=backend.url,
+        registry_url=f"sqlite://{backend.registry_path}",
+        topics=backend.topics,
+    )
+    runtime = AgentRuntime(settings, registry=registry_with(Broken()), models=fast_models, memory=False)
+    await runtime.start()
+    try:
+        server.script(openai_reply(None, [("b", "broken", {})]), openai_reply("The write failed."))
+        first = await runtime.submit(
+            Task(goal="write the nightly totals", model="openai:gpt-4o-mini", tenant="acme")
+        )
+        [e async for e in runtime.follow(first)]
+        for _ in range(600):  # the projector folds the first run into the views recall reads
+            runs = await runtime.store.select(RUNS, "acme", equal={"run_id": first}, limit=1)
+            failures = await runtime.store.select(TOOL_FAILURES, "acme", limit=1)
+            if failures and runs and runs[0]["status"] == "completed":
+                break
+            await asyncio.sleep(0.05)
+        server.script(openai_reply("Skipping the write."), openai_reply("Nothing to do."))
+        second = await runtime.submit(
+            Task(goal="write the nightly totals again", model="openai:gpt-4o-mini", tenant="acme")
+        )
+        second_events = [e async for e in runtime.follow(second)]
+        other = await runtime.submit(
+            Task(goal="write the nightly totals", model="openai:gpt-4o-mini", tenant="globex")
+        )
+        [e async for e in runtime.follow(other)]
+    finally:
+        await runtime.stop()
+    prompt = json.dumps(server.requests[2].json["messages"])
+    assert "broken error: the database refused the write" in prompt
+    assert f"[run {first}," in prompt, "the note cites the run it came from"
+    plan = next(e for e in second_events if e.type_name == "PlanProposed")
+    assert plan.recalled, "the plan records which earlier events informed it"  # type: ignore[attr-defined]
+    assert "the database refused the write" not in json.dumps(server.requests[3].json["messages"]), (
+        "another tenant recalls nothing of acme's runs"
     )

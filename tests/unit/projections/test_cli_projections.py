@@ -53,6 +53,7 @@ def test_status_shows_lag_then_rebuild_catches_up(settings: Settings) -> None:
         "episodic": count,
         "approvals": count,
         "cost_ledger": count,
+        "tool_failures": count,
     }
 
     rebuilt = runner.invoke(projections_cli, ["rebuild", "--batch-size", "100"])
@@ -63,7 +64,7 @@ def test_status_shows_lag_then_rebuild_catches_up(settings: Settings) -> None:
     after = runner.invoke(projections_cli, ["status", "--json"])
     assert after.exit_code == 0, after.output
     statuses = [json.loads(line) for line in after.output.splitlines()]
-    assert [s["lag"] for s in statuses] == [0, 0, 0, 0]
+    assert [s["lag"] for s in statuses] == [0, 0, 0, 0, 0]
     assert sum(p["end"] for p in statuses[0]["partitions"]) == count
 
 
