@@ -143,7 +143,8 @@ async def rebuild(settings: Settings, name: str | None, batch_size: int) -> None
 @click.pass_obj
 @async_command
 async def status(settings: Settings, as_json: bool) -> None:
-    """Each view's applied offsets against the log's end offsets, and the lag."""
+    """Each view's applied offsets against the log's end offsets, the lag, and how many
+    events its fold failed on and set aside."""
     wiring = ProjectorWiring(settings, 1)
     try:
         await wiring.open()
@@ -153,13 +154,26 @@ async def status(settings: Settings, as_json: bool) -> None:
                 partitions = [
                     {"partition": p.partition, "applied": p.applied, "end": p.end} for p in s.partitions
                 ]
-                click.echo(json.dumps({"projection": s.name, "lag": s.lag, "partitions": partitions}))
+                click.echo(
+                    json.dumps(
+                        {"projection": s.name, "lag": s.lag, "failed": s.failed, "partitions": partitions}
+                    )
+                )
             return
         width = max((len(s.name) for s in statuses), default=10)
-        click.echo(f"{'PROJECTION':<{width}}  {'APPLIED':>10}  {'END':>10}  {'LAG':>8}  LAG BY PARTITION")
+        header = f"{'PROJECTION':<{width}}  {'APPLIED':>10}  {'END':>10}  {'LAG':>8}  {'FAILED':>6}"
+        click.echo(f"{header}  LAG BY PARTITION")
         for s in statuses:
             by_partition = " ".join(f"{p.partition}:{p.lag}" for p in s.partitions)
-            click.echo(f"{s.name:<{width}}  {s.applied:>10}  {s.end:>10}  {s.lag:>8}  {by_partition}")
+            click.echo(
+                f"{s.name:<{width}}  {s.applied:>10}  {s.end:>10}  {s.lag:>8}  {s.failed:>6}  {by_partition}"
+            )
+        if any(s.failed for s in statuses):
+            click.echo(
+                "Some events were set aside because a view's fold raised on them (see the log);"
+                " fix the fold, then `agentstream projections rebuild NAME`.",
+                err=True,
+            )
     finally:
         await wiring.aclose()
 

@@ -8,6 +8,10 @@ together with the new offsets in one store transaction. A projector killed at an
 instant resumes from the last committed batch: nothing is skipped, nothing applied twice.
 
 Records that cannot be decoded are skipped and counted; the workers dead-letter them.
+An event a projection's fold raises on (a bug in the fold, not in the store) is set
+aside for that projection only: recorded in `fold_failures` in the same commit,
+so the other events and the other views go on, the failure is visible in `agentstream
+projections status`, and a rebuild once the fold is fixed applies it again.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 from projections.errors import ProjectionConflict
-from projections.stores.base import ProjectionSchema, ProjectionStore, Table, ViewTransaction
+from projections.stores.base import Index, ProjectionSchema, ProjectionStore, Table, ViewTransaction
 from streams.codec import EventCodec
 from streams.errors import AgentstreamError, ConfigError, PoisonEvent
 from streams.events import Event
@@ -29,6 +33,24 @@ from streams.worker import RetryPolicy
 log = logging.getLogger(__name__)
 
 Applied = tuple[Event, LogRecord]
+
+FAILURES = Table(
+    "fold_failures",
+    columns={
+        "tenant_id": "text",
+        "projection": "text",
+        "log_partition": "int",
+        "log_offset": "int",
+        "event_id": "text",
+        "type": "text",
+        "error": "text",
+        "occurred_at": "time",
+    },
+    key=("tenant_id", "projection", "log_partition", "log_offset"),
+    indexes=(Index("by_time", order=("occurred_at",)),),
+)
+FAILURES_SCHEMA = ProjectionSchema("fold_failures", 1, (FAILURES,))
+ERROR_CHARS = 1_000
 
 
 class Projection(ABC):
@@ -82,6 +104,8 @@ class ProjectorStats:
     """Events without a tenant id: no tenant could ever read them, so no view keeps them."""
     conflicts: int = 0
     """Batches refused because another projector had moved the offsets."""
+    failed: int = 0
+    """Events a projection's fold raised on, set aside in `fold_failures`."""
     retries: int = 0
 
     def since(self, before: ProjectorStats) -> ProjectorStats:
@@ -112,6 +136,8 @@ class ProjectionStatus:
 
     name: str
     partitions: tuple[PartitionStatus, ...]
+    failed: int = 0
+    """Events set aside because the fold raised on them (see `fold_failures`)."""
 
     @property
     def applied(self) -> int:
@@ -174,6 +200,7 @@ class Projector:
     async def start(self) -> None:
         """Create or migrate every projection's tables and load the offsets to resume from."""
         self._partitions = await self.log.partitions(self.topic)
+        await self.store.register(FAILURES_SCHEMA)
         for projection in self.projections:
             if await self.store.register(projection.schema):
                 log.info("projection %s starts empty: it will apply the log from offset 0", projection.name)
@@ -231,9 +258,10 @@ class Projector:
 
         txn = self.store.transaction()
         moved: dict[str, dict[TopicPartition, int]] = {}
+        failed = 0
         for projection in active:
             if items[projection.name]:
-                await projection.apply_batch(items[projection.name], txn)
+                failed += await self._apply(projection, items[projection.name], txn)
             old = offsets[projection.name]
             new = {tp: end for tp, end in ends.items() if end > old.get(tp, 0)}
             if new:
@@ -253,7 +281,64 @@ class Projector:
         self.stats.skipped += skipped
         self.stats.undecodable += undecodable
         self.stats.tenantless += tenantless
+        self.stats.failed += failed
         return len(records)
+
+    async def _apply(self, projection: Projection, items: list[Applied], txn: ViewTransaction) -> int:
+        """Apply a batch to one projection; returns how many events it had to set aside.
+
+        Store errors propagate (the batch is retried). Any other exception is the fold's:
+        the batch is applied again event by event, each failing one undone and recorded.
+        """
+        before = dict(txn.changes)
+        try:
+            await projection.apply_batch(items, txn)
+            return 0
+        except AgentstreamError:
+            raise
+        except Exception:
+            txn.changes = before
+        failed = 0
+        for event, record in items:
+            before = dict(txn.changes)
+            try:
+                await projection.apply_batch([(event, record)], txn)
+            except AgentstreamError:
+                raise
+            except Exception as exc:
+                txn.changes = before
+                failed += 1
+                log.error(
+                    "projection %s cannot apply %s %s at %s[%d]@%d; set aside: %r",
+                    projection.name,
+                    event.type_name,
+                    event.meta.event_id,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    exc,
+                )
+                txn.put(
+                    FAILURES,
+                    {
+                        "tenant_id": event.meta.tenant_id,
+                        "projection": projection.name,
+                        "log_partition": record.partition,
+                        "log_offset": record.offset,
+                        "event_id": event.meta.event_id,
+                        "type": event.type_name,
+                        "error": f"{type(exc).__name__}: {exc}"[:ERROR_CHARS],
+                        "occurred_at": event.meta.occurred_at,
+                    },
+                )
+        return failed
+
+    async def failures(self) -> dict[str, int]:
+        """How many events each projection has set aside."""
+        counts: dict[str, int] = {}
+        for row in await self.store.scan(FAILURES):
+            counts[row["projection"]] = counts.get(row["projection"], 0) + 1
+        return counts
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Apply batches until `stop` is set (or forever), waiting while the log is idle."""
@@ -300,6 +385,12 @@ class Projector:
         if self._partitions is None:
             await self.start()
         chosen = [self.projection(name)] if name is not None else list(self.projections)
+        names = {p.name for p in chosen}
+        forget = self.store.transaction()
+        for row in await self.store.scan(FAILURES):
+            if row["projection"] in names:
+                forget.delete(FAILURES, FAILURES.key_of(row))
+        await self.store.commit(forget)
         for projection in chosen:
             await self.store.reset(projection.schema)
             self._offsets[projection.name] = {}
@@ -314,8 +405,12 @@ class Projector:
         return {p: await self.log.end_offset(self.topic, p) for p in range(partitions)}
 
     async def status(self) -> list[ProjectionStatus]:
-        """Each projection's applied offsets against the log's end offsets (does not register)."""
+        """Each projection's applied offsets against the log's end offsets, and its failures.
+
+        Registers no projection (only the failures table, if missing)."""
         ends = await self.end_offsets()
+        await self.store.register(FAILURES_SCHEMA)
+        failures = await self.failures()
         out = []
         for projection in self.projections:
             applied = await self.store.offsets(projection.name)
@@ -326,6 +421,7 @@ class Projector:
                         PartitionStatus(p, applied.get(TopicPartition(self.topic, p), 0), end)
                         for p, end in sorted(ends.items())
                     ),
+                    failures.get(projection.name, 0),
                 )
             )
         return out

@@ -12,9 +12,10 @@ import pytest
 from projections.builtin import builtin_projections
 from projections.cost_ledger import CostLedger, CostLedgerProjection
 from projections.episodic import EVENTS, EpisodicProjection
-from projections.projector import Applied, Projection, Projector
+from projections.errors import StoreError
+from projections.projector import FAILURES, Applied, Projection, Projector
 from projections.run_state import RunStateProjection, RunStates
-from projections.stores.base import ViewTransaction
+from projections.stores.base import Table, ViewTransaction
 from projections.stores.sqlite import SqliteProjectionStore
 from streams.codec import EventCodec
 from streams.events import Event
@@ -28,6 +29,13 @@ from tests.support.runs import publish, simulate
 
 pytestmark = pytest.mark.unit
 TOPICS = Topics("unit", 3)
+
+
+COUNTS = Table(
+    "picky_counts",
+    columns={"tenant_id": "text", "run_id": "text", "count": "int"},
+    key=("tenant_id", "run_id"),
+)
 
 
 class Env:
@@ -120,7 +128,7 @@ async def test_events_without_a_tenant_are_kept_by_no_view(env: Env) -> None:
     await _check_exact(env, events)
 
 
-async def test_a_batch_that_fails_in_any_projection_writes_nothing(env: Env) -> None:
+async def test_a_batch_that_fails_in_the_store_writes_nothing(env: Env) -> None:
     events = simulate(seed=3, runs=20)
     await env.publish(events)
 
@@ -133,17 +141,64 @@ async def test_a_batch_that_fails_in_any_projection_writes_nothing(env: Env) -> 
         async def apply(self, event: Event, record: LogRecord, txn: ViewTransaction) -> None:
             if self.failures:
                 self.failures -= 1
-                raise RuntimeError("a bug in a projection")
+                raise StoreError("the disk is busy")
 
     flaky = Flaky()
     projector = env.projector([*builtin_projections(), flaky], batch_size=10_000)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StoreError):
         await projector.run_until_caught_up()
     assert await env.store.scan(EVENTS) == []
     for projection in projector.projections:
         assert await env.store.offsets(projection.name) == {}
     await projector.run_until_caught_up()
     await _check_exact(env, events)
+
+
+class Picky(Projection):
+    """Counts messages per run, and has a bug: it raises, half-way, on one message."""
+
+    name = "picky"
+    consumes = frozenset({"AgentMessage"})
+    tables = (COUNTS,)
+    poison = "poison"
+
+    async def apply(self, event: Event, record: LogRecord, txn: ViewTransaction) -> None:
+        key = (event.meta.tenant_id, event.meta.run_id)
+        row = await txn.get(COUNTS, key)
+        count = (row["count"] if row else 0) + 1
+        txn.put(COUNTS, {"tenant_id": key[0], "run_id": key[1], "count": count})
+        if getattr(event, "content", "") == self.poison:
+            raise KeyError("a bug in the fold")
+
+
+async def test_an_event_the_fold_raises_on_is_set_aside_and_the_rest_applied(env: Env) -> None:
+    events = simulate(seed=5, runs=10)
+    sick = message("r-sick", "poison")
+    fine = [message("r-sick", f"fine {i}") for i in range(3)]
+    await env.publish([*events, fine[0], sick, *fine[1:]])
+    picky = Picky()
+    projector = env.projector([*builtin_projections(), picky], batch_size=10_000)
+    stats = await projector.run_until_caught_up()
+    assert stats.failed == 1
+    counts = {r["run_id"]: r["count"] for r in await env.store.scan(COUNTS)}
+    assert counts["r-sick"] == 3, "the poison event's half-done writes were undone; the others applied"
+    [failure] = await env.store.scan(FAILURES)
+    assert (failure["projection"], failure["event_id"], failure["type"]) == (
+        "picky",
+        sick.meta.event_id,
+        "AgentMessage",
+    )
+    assert "KeyError" in failure["error"]
+    await _check_exact(env, [*events, *fine, sick])  # the other views took every event
+    status = {s.name: s for s in await projector.status()}
+    assert status["picky"].failed == 1 and status["picky"].lag == 0
+    assert status["run_state"].failed == 0
+
+    picky.poison = "nothing is poison now"  # the fold is fixed: a rebuild applies it again
+    await projector.rebuild("picky")
+    counts = {r["run_id"]: r["count"] for r in await env.store.scan(COUNTS)}
+    assert counts["r-sick"] == 4
+    assert await env.store.scan(FAILURES) == []
 
 
 async def test_a_restarted_projector_resumes_from_the_store_offsets(env: Env) -> None:
