@@ -6,6 +6,7 @@
 | AGENTSTREAM_LOG_URL       | sqlite://$AGENTSTREAM_HOME/log.db |
 | AGENTSTREAM_REGISTRY_URL  | sqlite://$AGENTSTREAM_HOME/registry.db |
 | AGENTSTREAM_STORE_URL     | sqlite://$AGENTSTREAM_HOME/views.db |
+| AGENTSTREAM_LEDGER_URL    | sqlite://$AGENTSTREAM_HOME/ledger.db |
 | AGENTSTREAM_TOPIC_PREFIX  | agentstream                       |
 | AGENTSTREAM_PARTITIONS    | 4                                 |
 """
@@ -30,7 +31,10 @@ class Settings:
     registry_url: str
     topics: Topics
     store_url: str = ""
-    """Where projections keep their views: sqlite:///PATH (cassandra://... later)."""
+    """Where projections keep their views: sqlite:///PATH or cassandra://HOST:PORT/KEYSPACE."""
+    ledger_url: str = ""
+    """The idempotency ledger tool calls claim before running: sqlite:///PATH or
+    cassandra://HOST:PORT/KEYSPACE. Workers on several machines must share one."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: str | None) -> Settings:
@@ -51,4 +55,7 @@ class Settings:
         store_url = (
             overrides.get("store_url") or env.get("AGENTSTREAM_STORE_URL") or f"sqlite://{home}/views.db"
         )
-        return cls(home, log_url, registry_url, Topics(prefix, partitions), store_url)
+        ledger_url = (
+            overrides.get("ledger_url") or env.get("AGENTSTREAM_LEDGER_URL") or f"sqlite://{home}/ledger.db"
+        )
+        return cls(home, log_url, registry_url, Topics(prefix, partitions), store_url, ledger_url)

@@ -105,7 +105,9 @@ class AgentRuntime:
         self.registry: SchemaRegistry = open_registry(settings.registry_url)
         self.codec = EventCodec(self.registry)
         self.views = RunViews(self.log, self.codec, settings.topics)
-        self.ledger: IdempotencyLedger = open_ledger(f"sqlite://{settings.home}/ledger.db")
+        self.ledger: IdempotencyLedger = open_ledger(
+            settings.ledger_url or f"sqlite://{settings.home}/ledger.db"
+        )
         self.blobs = BlobStore(settings.home / "blobs")
         self.store: ProjectionStore = open_store(settings.store_url or f"sqlite://{settings.home}/views.db")
         projections: list[Projection] = list(builtin_projections())
