@@ -9,6 +9,7 @@ TEST_ENV = AGENTSTREAM_TEST_KAFKA=127.0.0.1:$${KAFKA_PORT:-19092} \
            AGENTSTREAM_TEST_REGISTRY=$$(cat $(RUN_DIR)/registry/url) \
            AGENTSTREAM_TEST_CASSANDRA=127.0.0.1:$${CASSANDRA_PORT:-19042} \
            AGENTSTREAM_TEST_WEAVIATE=127.0.0.1:$${WEAVIATE_PORT:-18080}:$${WEAVIATE_GRPC_PORT:-18051} \
+           AGENTSTREAM_TEST_HELM=$$(bash $(SERVICES)/helm.sh path) \
            OPENBLAS_NUM_THREADS=1
 
 .PHONY: setup local-model demo lint test test-unit bench services-up services-down codegen
@@ -19,6 +20,7 @@ setup: local-model  ## install agentstream with every extra the tests use, and f
 	bash $(SERVICES)/registry.sh install
 	bash $(SERVICES)/weaviate.sh install
 	bash $(SERVICES)/cassandra.sh install
+	bash $(SERVICES)/helm.sh install
 
 local-model:  ## llama-cpp-python (built once, cached) and the offline model weights
 	bash $(SERVICES)/local_model.sh install
