@@ -4,6 +4,7 @@ values with a clear message, and installs on a real kube-apiserver."""
 from __future__ import annotations
 
 import subprocess
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -120,3 +121,59 @@ def test_tenant_allowlists_open_only_their_cidrs_and_never_metadata(helm: str) -
 )
 def test_bad_values_are_refused_with_a_clear_error(helm: str, value: str, mentions: str) -> None:
     assert mentions in refused(helm, value)
+
+
+@pytest.mark.k8s
+def test_the_chart_installs_on_a_real_api_server_and_uninstalls(helm: str, tmp_path: Path) -> None:
+    kubeconfig = service_address("AGENTSTREAM_TEST_K8S", "a Kubernetes API server (tests/services/k8s.sh)")
+    from kubernetes import client, config  # type: ignore[import-untyped]
+
+    namespace = f"helm-{uuid.uuid4().hex[:8]}"
+    base = [helm, "--kubeconfig", kubeconfig, "--namespace", namespace]
+    installed = subprocess.run(
+        [
+            *base,
+            "install",
+            "agents",
+            str(CHART),
+            "--create-namespace",
+            "--set",
+            "sandbox.egressAllowlist.acme={203.0.113.0/24}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    # The API server validated and stored every object, or the install failed.
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    api = config.new_client_from_config(config_file=kubeconfig)
+    try:
+        apps, rbac = client.AppsV1Api(api), client.RbacAuthorizationV1Api(api)
+        net, core = client.NetworkingV1Api(api), client.CoreV1Api(api)
+        workers = apps.read_namespaced_stateful_set("agents-agentstream-workers", namespace)
+        assert workers.spec.replicas == 2
+        assert workers.spec.template.spec.security_context.run_as_non_root is True
+        deployments = {d.metadata.name for d in apps.list_namespaced_deployment(namespace).items}
+        assert deployments == {"agents-agentstream-projector", "agents-agentstream-gateway"}
+        role = rbac.read_namespaced_role("agents-agentstream-sandbox-launcher", namespace)
+        assert {r for rule in role.rules for r in rule.resources} == {
+            "jobs",
+            "pods",
+            "pods/log",
+            "networkpolicies",
+        }
+        policies = {p.metadata.name for p in net.list_namespaced_network_policy(namespace).items}
+        assert policies == {
+            "agents-agentstream-sandbox-deny-egress",
+            "agents-agentstream-sandbox-egress-acme",
+        }
+        config_map = core.read_namespaced_config_map("agents-agentstream", namespace)
+        assert config_map.data["AGENTSTREAM_SANDBOX_URL"] == f"k8s://{namespace}"
+
+        removed = subprocess.run([*base, "uninstall", "agents", "--wait"], capture_output=True, text=True)
+        assert removed.returncode == 0, removed.stdout + removed.stderr
+        assert apps.list_namespaced_stateful_set(namespace).items == []
+        assert net.list_namespaced_network_policy(namespace).items == []
+    finally:
+        core = client.CoreV1Api(api)
+        core.delete_namespace(namespace)
+        api.close()
