@@ -57,6 +57,10 @@ HOST_UID_BASE = 0x7A000000
 """Per-job host uids are HOST_UID_BASE + 24 bits of the job id's hash: far above any
 account's uid, so no host process shares a job's uid."""
 
+HOST_IDLE_S = 30.0
+"""How long the supervisor host of a state dir lives on without a job to start; 0 turns
+the host off (every job then starts its own supervisor)."""
+
 _JOB_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SUPERVISOR = str(Path(supervisor.__file__).resolve())
@@ -167,10 +171,18 @@ class LocalLauncher(SandboxLauncher):
     """Runs jobs in bubblewrap sandboxes on this machine, one detached supervisor per job,
     with each job's state in ``state_dir/JOB_ID`` so any process can reattach."""
 
-    def __init__(self, state_dir: Path | str, *, bwrap: str | None = None, python: str | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path | str,
+        *,
+        bwrap: str | None = None,
+        python: str | None = None,
+        host_idle_s: float = HOST_IDLE_S,
+    ) -> None:
         self.state_dir = Path(state_dir)
         self._bwrap = bwrap
         self._python = python or sys.executable
+        self._host_idle_s = host_idle_s
 
     @classmethod
     def from_url(cls, url: str) -> LocalLauncher:
@@ -240,23 +252,60 @@ class LocalLauncher(SandboxLauncher):
             shutil.rmtree(tmp, ignore_errors=True)
             if not job_dir.exists():
                 raise
-        else:
-            with contextlib.suppress(OSError):
-                fd = os.open(self.state_dir, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
 
     def _python_prefix(self) -> str | None:
         return _python_prefix()
 
     async def _start_supervisor(self, job_dir: Path) -> None:
-        """Start the job's supervisor and wait until it has claimed the job and detached."""
+        """Get the job a supervisor that has claimed it: from the state dir's supervisor
+        host (started if need be), or else one started for this job alone."""
+        if self._host_idle_s > 0:
+            with contextlib.suppress(OSError, asyncio.TimeoutError):
+                if await self._ask_host(job_dir.name):
+                    return
         code = await asyncio.to_thread(self._run_supervisor, job_dir)
         if code != 0:
             log_text = (job_dir / supervisor.LOG_FILE).read_text(errors="replace")[-2000:]
             raise LaunchError(f"the supervisor of {job_dir.name} exited with {code}: {log_text.strip()}")
+
+    async def _ask_host(self, name: str) -> bool:
+        """True if the supervisor host has the job (claimed now, or before)."""
+        address = supervisor.host_address(str(self.state_dir))
+        try:
+            reader, writer = await asyncio.open_unix_connection(address)
+        except (FileNotFoundError, ConnectionRefusedError):
+            if await asyncio.to_thread(self._run_host) != 0:
+                return False
+            reader, writer = await asyncio.open_unix_connection(address)
+        try:
+            writer.write(name.encode() + b"\n")
+            await writer.drain()
+            reply = await asyncio.wait_for(reader.read(1), 10.0)
+        finally:
+            writer.close()
+        return reply in (b"0", b"1")
+
+    def _run_host(self) -> int:
+        with open(self.state_dir / supervisor.HOST_LOG_FILE, "ab") as log:
+            process = subprocess.Popen(
+                [
+                    self._python,
+                    "-I",
+                    "-S",
+                    _SUPERVISOR,
+                    "--serve",
+                    str(self.state_dir),
+                    str(self._host_idle_s),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env={"LC_ALL": "C.UTF-8"},
+                cwd="/",
+                start_new_session=True,
+                close_fds=True,
+            )
+        return process.wait()
 
     def _run_supervisor(self, job_dir: Path) -> int:
         with open(job_dir / supervisor.LOG_FILE, "ab") as log:
@@ -266,6 +315,7 @@ class LocalLauncher(SandboxLauncher):
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 env={"LC_ALL": "C.UTF-8"},
+                cwd="/",
                 start_new_session=True,
                 close_fds=True,
             )
@@ -279,6 +329,9 @@ class LocalLauncher(SandboxLauncher):
             data: dict[str, Any] = marshal.loads((job_dir / supervisor.RESULT_FILE).read_bytes())
         except FileNotFoundError:
             return None
+        except (EOFError, ValueError, TypeError):  # cut short by a machine crash (it is not fsynced)
+            reason = "the job's result was lost (the machine stopped before it reached the disk)"
+            data = supervisor.outcome(job_dir.name, "failed", None, reason)
         return JobResult(
             job_id=data["job_id"],
             state=data["state"],
@@ -317,11 +370,31 @@ class LocalLauncher(SandboxLauncher):
             return "running", None
         result = self._read_result(job_dir)  # it may have finished since the first look
         if result is None:
+            self._kill_job_processes(job_dir)
             reason = "the job's supervisor ended without recording a result (was it killed?)"
             supervisor.publish_result(str(job_dir), supervisor.outcome(job_id, "failed", None, reason))
             result = self._read_result(job_dir)
         assert result is not None
         return result.state, result
+
+    @staticmethod
+    def _kill_job_processes(job_dir: Path) -> None:
+        """Kill what a dead supervisor may have left: its bwrap dies with it, but a pid 1
+        that had not armed its death signal yet would live on. As the job's own uid,
+        ``kill -9 -1`` reaches exactly the job's processes."""
+        uid = marshal.loads((job_dir / supervisor.JOB_FILE).read_bytes())["uid"]
+        if uid is not None:
+            subprocess.run(
+                ["/bin/sh", "-c", "kill -9 -1"],
+                user=uid,
+                group=uid,
+                extra_groups=[],
+                env={},
+                cwd="/",
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
 
     async def state(self, job_id: str) -> JobState:
         return self._inspect(job_id)[0]
@@ -332,7 +405,7 @@ class LocalLauncher(SandboxLauncher):
     async def wait(self, job_id: str, timeout_s: float | None = None) -> JobResult:
         """The job's result once it has finished; TimeoutError after ``timeout_s``."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        pause = 0.001
+        pause = 0.0005
         while True:
             result = self._inspect(job_id)[1]
             if result is not None:
@@ -340,7 +413,7 @@ class LocalLauncher(SandboxLauncher):
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still runs after {timeout_s}s")
             await asyncio.sleep(pause)
-            pause = min(pause * 1.5, 0.05)
+            pause = min(pause * 1.25, 0.05)
 
     # -- cancel and delete -----------------------------------------------------------
 
@@ -361,13 +434,13 @@ class LocalLauncher(SandboxLauncher):
             await self.wait(job_id, supervisor.KILL_GRACE_S + 5.0)
 
     def _signal_supervisor(self, job_dir: Path) -> None:
-        """Wake the supervisor so it sees the cancel file now (it also looks on its own)."""
+        """Wake the supervisor so it sees the cancel file now (it also looks on its own).
+        The pid file is the claimant's, and it is alive while the lock is held."""
         try:
             pid = int((job_dir / supervisor.PID_FILE).read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (FileNotFoundError, ValueError, ProcessLookupError):
-            return
-        if str(job_dir).encode() in cmdline.split(b"\0") and self._supervisor_alive(job_dir):
+        except (FileNotFoundError, ValueError):
+            return  # not written yet: the supervisor looks at the cancel file after writing it
+        if self._supervisor_alive(job_dir):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
