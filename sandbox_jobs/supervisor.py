@@ -406,6 +406,8 @@ def serve(state_dir: str, idle_s: float) -> int:
                 last_request = time.monotonic()
                 try:
                     _hand_over(conn, listener, state_dir)
+                except Exception as exc:  # one bad request (a peer gone, say) must not end the host
+                    sys.stderr.write(f"supervisor host of {state_dir}: {exc!r}\n")
                 finally:
                     conn.close()
     finally:

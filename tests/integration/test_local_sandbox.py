@@ -175,7 +175,10 @@ async def test_another_launcher_on_the_same_dir_reattaches(launcher: LocalLaunch
     assert result.stdout == "done\n"
 
 
-async def test_a_job_outlives_its_sigkilled_launcher_and_is_collected_elsewhere(tmp_path: Path) -> None:
+@pytest.mark.parametrize("host_idle_s", [30.0, 0.0], ids=["host", "own-supervisor"])
+async def test_a_job_outlives_its_sigkilled_launcher_and_is_collected_elsewhere(
+    tmp_path: Path, host_idle_s: float
+) -> None:
     require_bwrap()
     state_dir = tmp_path / "jobs"
     spec = spec_for(("sh", "-c", "sleep 1; echo survived"))
@@ -186,7 +189,7 @@ async def test_a_job_outlives_its_sigkilled_launcher_and_is_collected_elsewhere(
         from sandbox_jobs.local import LocalLauncher
         spec = JobSpec(job_id={spec.job_id!r}, run_id="r", tenant_id="t", tool_call_id="c",
                        argv={spec.argv!r})
-        asyncio.run(LocalLauncher({str(state_dir)!r}).launch(spec))
+        asyncio.run(LocalLauncher({str(state_dir)!r}, host_idle_s={host_idle_s!r}).launch(spec))
         print("launched", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
         """
@@ -311,6 +314,67 @@ def test_the_sandbox_command_shows_the_whole_profile() -> None:
     assert not any(b.startswith(("/home", "/root", "/work", str(REPO))) for b in binds)
     assert "--bind" not in cmd[: cmd.index("--")]  # nothing of the host is writable
     assert 0x7A000000 <= host_uid_for(spec.job_id) < 0x7B000000
+
+
+async def test_without_a_host_each_job_starts_its_own_supervisor(tmp_path: Path) -> None:
+    require_bwrap()
+    direct = LocalLauncher(tmp_path / "jobs", host_idle_s=0)
+    assert (await run_job(direct, spec_for(("echo", "direct")))).stdout == "direct\n"
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_unix_connection(supervisor.host_address(str(direct.state_dir)))
+
+
+async def test_the_host_serves_its_state_dir_alone_and_refuses_bad_names(launcher: LocalLauncher) -> None:
+    await run_job(launcher, spec_for(("true",)))  # the host is up now
+    state_dir = str(launcher.state_dir)
+    reader, writer = await asyncio.open_unix_connection(supervisor.host_address(state_dir))
+    writer.close()
+    assert supervisor.serve(state_dir, 1.0) == 0  # a second host gives way at once
+    for name in (b"../etc", b".hidden", b"sbx-never-launched", b"UPPER"):
+        reader, writer = await asyncio.open_unix_connection(supervisor.host_address(state_dir))
+        writer.write(name + b"\n")
+        await writer.drain()
+        assert await reader.read(1) == b"E", name
+        writer.close()
+
+
+def host_processes(state_dir: Path) -> list[int]:
+    """Pids of supervisor hosts serving ``state_dir`` (zombies excluded)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        if b"--serve" in argv and str(state_dir).encode() in argv and "\nState:\tZ" not in status:
+            found.append(int(entry))
+    return found
+
+
+async def test_an_idle_host_exits_and_the_next_launch_starts_another(tmp_path: Path) -> None:
+    require_bwrap()
+    brief = LocalLauncher(tmp_path / "jobs", host_idle_s=0.2)
+    assert (await run_job(brief, spec_for(("echo", "one")))).stdout == "one\n"
+    assert host_processes(brief.state_dir)
+    for _ in range(int(WAIT_S / 0.1)):
+        if not host_processes(brief.state_dir):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the idle host never exited")
+    assert (await run_job(brief, spec_for(("echo", "two")))).stdout == "two\n"
+
+
+async def test_a_result_cut_short_reads_as_a_lost_result(launcher: LocalLauncher) -> None:
+    spec = spec_for(("true",))
+    await run_job(launcher, spec)
+    result_file = launcher.state_dir / spec.job_id / supervisor.RESULT_FILE
+    await asyncio.to_thread(result_file.write_bytes, b"")
+    result = await launcher.result(spec.job_id)
+    assert result is not None
+    assert result.state == "failed"
+    assert result.reason is not None and "result was lost" in result.reason
 
 
 # -- the supervisor in this process, for coverage of its branches ----------------------
