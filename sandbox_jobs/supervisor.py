@@ -154,8 +154,9 @@ def kill_uid(uid: int | None) -> None:
     os.waitpid(pid, 0)
 
 
-def _exec_sandbox(job: dict[str, Any], stdin_fd: int, out_fd: int, err_fd: int) -> None:
-    """In the forked child: become the job's host uid, set the rlimits, exec bwrap."""
+def _exec_sandbox(job: dict[str, Any], stdin_fd: int, out_fd: int, err_fd: int) -> None:  # pragma: no cover
+    """In the forked child: become the job's host uid, set the rlimits, exec bwrap.
+    (Coverage cannot see it: the child execs, its measurements are never written.)"""
     try:
         os.dup2(stdin_fd, 0)
         os.dup2(out_fd, 1)
@@ -290,10 +291,7 @@ def supervise(job_dir: str) -> dict[str, Any]:
             limit = deadline if killed_at is None else killed_at + KILL_GRACE_S
             # Waking now and then to look for a cancel file costs a stat; it covers a signal lost.
             timeout = min(max(0.0, limit - now), CANCEL_POLL_S)
-            try:
-                ready, _, _ = select.select([*open_fds, wake_r], [], [], timeout)
-            except InterruptedError:  # pragma: no cover - select retries by itself (PEP 475)
-                ready = []
+            ready, _, _ = select.select([*open_fds, wake_r], [], [], timeout)
             for fd in ready:
                 if fd == wake_r:
                     while True:
@@ -393,14 +391,22 @@ def serve(state_dir: str, idle_s: float) -> int:
         listener.close()
         return 0
     listener.listen(128)
-    if os.fork() != 0:
-        return 0  # the launcher waits for this exit; the child serves
-    os.chdir("/")
+    if os.fork() == 0:  # pragma: no cover - the detached host, measured through serve_requests
+        os.chdir("/")
+        serve_requests(listener, state_dir, idle_s)
+        return 0
+    listener.close()
+    return 0  # the launcher waits for this exit; the child serves
+
+
+def serve_requests(listener: Any, state_dir: str, idle_s: float) -> None:
+    """The supervisor host's loop: hand each request over until idle for ``idle_s`` or
+    the state dir is gone; closes ``listener``."""
     last_request = time.monotonic()
     try:
         while time.monotonic() - last_request < idle_s and os.path.isdir(state_dir):
             _reap()
-            ready, _, _ = select.select([listener], [], [], 1.0)
+            ready, _, _ = select.select([listener], [], [], min(1.0, idle_s))
             if ready:
                 conn, _ = listener.accept()
                 last_request = time.monotonic()
@@ -412,7 +418,6 @@ def serve(state_dir: str, idle_s: float) -> int:
                     conn.close()
     finally:
         listener.close()
-    return 0
 
 
 def _reap() -> None:
@@ -467,8 +472,9 @@ def main(argv: list[str]) -> int:
     if lock_fd is None:
         return 0
     if os.fork() != 0:
-        return 0  # the launcher waits for this exit; the child keeps the lock
-    return run_claimed(job_dir, lock_fd)
+        os.close(lock_fd)  # the child's copy keeps the lock
+        return 0  # the launcher waits for this exit
+    return run_claimed(job_dir, lock_fd)  # pragma: no cover - the detached supervisor
 
 
 if __name__ == "__main__":  # pragma: no cover - run by the launcher in its own process

@@ -9,8 +9,10 @@ launching process was SIGKILLed. The supervisor also runs in this process in a f
 from __future__ import annotations
 
 import asyncio
+import marshal
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -415,11 +417,10 @@ async def test_the_supervisor_in_process(
     job_dir = await _prepared(tmp_path, spec_for(argv, **limits))
     lock = supervisor.claim(job_dir)
     assert lock is not None
-    try:
-        assert supervisor.claim(job_dir, wait_s=0.01) is None  # claimed once only
-        result = supervisor.supervise(job_dir)
-    finally:
-        os.close(lock)
+    assert supervisor.claim(job_dir, wait_s=0.01) is None  # claimed once only
+    assert supervisor.main(["supervisor.py", job_dir]) == 0  # someone else's: nothing to do
+    assert supervisor.run_claimed(job_dir, lock) == 0
+    result = marshal.loads(await asyncio.to_thread(Path(job_dir, supervisor.RESULT_FILE).read_bytes))
     assert result["state"] == state
     assert result["reason"] == reason or (reason and result["reason"].startswith(reason))
     assert LocalLauncher._read_result(Path(job_dir)) is not None
@@ -440,6 +441,46 @@ async def test_the_supervisor_honours_a_cancel_before_it_starts(tmp_path: Path) 
 
 def test_the_supervisor_refuses_bad_usage() -> None:
     assert supervisor.main(["supervisor.py"]) == 2
+
+
+async def test_a_supervisor_that_crashes_records_why(tmp_path: Path) -> None:
+    spec = spec_for(("true",))
+    job_dir = await _prepared(tmp_path, spec)
+    await asyncio.to_thread(Path(job_dir, supervisor.JOB_FILE).write_bytes, b"not marshal")
+    lock = supervisor.claim(job_dir)
+    assert lock is not None
+    assert supervisor.run_claimed(job_dir, lock) == 1
+    result = await LocalLauncher(tmp_path / "jobs").result(spec.job_id)
+    assert result is not None and result.state == "failed"
+    assert result.reason is not None and result.reason.startswith("the supervisor failed: ValueError")
+
+
+async def test_the_host_loop_in_process(tmp_path: Path) -> None:
+    """The supervisor host's request loop on a listener of the test's own, in a thread."""
+    require_bwrap()
+    jobs = LocalLauncher(tmp_path / "jobs", python="/bin/true", host_idle_s=0)
+    spec = spec_for(("echo", "via the host"))
+    await jobs.launch(spec)  # /bin/true as supervisor: the job waits, unclaimed
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    address = "\0agentstream-test-host-" + spec.job_id
+    listener.bind(address)
+    listener.listen(8)
+    loop = asyncio.create_task(
+        asyncio.to_thread(supervisor.serve_requests, listener, str(jobs.state_dir), 1.0)
+    )
+    replies = []
+    for name in (spec.job_id, spec.job_id, "../nope"):
+        reader, writer = await asyncio.open_unix_connection(address)
+        writer.write(name.encode() + b"\n")
+        await writer.drain()
+        replies.append(await reader.read(1))
+        writer.close()
+    _, writer = await asyncio.open_unix_connection(address)
+    writer.close()  # a peer that leaves without a word does not stop the host
+    assert replies == [b"1", b"0", b"E"]
+    assert (await jobs.wait(spec.job_id, WAIT_S)).stdout == "via the host\n"
+    await loop  # idle for a second: it returns
+    assert listener.fileno() == -1
 
 
 def _fields(spec: JobSpec) -> dict[str, object]:
