@@ -405,15 +405,16 @@ class LocalLauncher(SandboxLauncher):
     async def wait(self, job_id: str, timeout_s: float | None = None) -> JobResult:
         """The job's result once it has finished; TimeoutError after ``timeout_s``."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        pause = 0.0005
+        polls = 0
         while True:
             result = self._inspect(job_id)[1]
             if result is not None:
                 return result
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still runs after {timeout_s}s")
-            await asyncio.sleep(pause)
-            pause = min(pause * 1.25, 0.05)
+            # Every millisecond while short jobs end (a look costs microseconds), then less often.
+            polls += 1
+            await asyncio.sleep(0.001 if polls < 100 else min(0.05, 0.001 * 1.05 ** (polls - 100)))
 
     # -- cancel and delete -----------------------------------------------------------
 
