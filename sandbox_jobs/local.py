@@ -65,6 +65,13 @@ _JOB_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SUPERVISOR = str(Path(supervisor.__file__).resolve())
 _ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+_DEVICE_LINKS = (
+    ("/dev/fd", "/proc/self/fd"),
+    ("/dev/stdin", "/proc/self/fd/0"),
+    ("/dev/stdout", "/proc/self/fd/1"),
+    ("/dev/stderr", "/proc/self/fd/2"),
+)
 _ETC_FILES = ("/etc/ld.so.cache", "/etc/alternatives", "/etc/localtime")
 
 
@@ -126,8 +133,18 @@ def sandbox_command(spec: JobSpec, bwrap: str, python_prefix: str | None = None)
     cmd += [
         "--proc",
         "/proc",
-        "--dev",
+        # A /dev of its own with the harmless devices only: no /dev/pts (ptys are a
+        # machine-wide count a job could use up), no /dev/shm.
+        "--size",
+        "65536",
+        "--tmpfs",
         "/dev",
+    ]
+    for device in _DEVICES:
+        cmd += ["--dev-bind", device, device]
+    for link, target in _DEVICE_LINKS:
+        cmd += ["--symlink", target, link]
+    cmd += [
         "--size",
         str(spec.limits.tmpfs_mb << 20),
         "--tmpfs",

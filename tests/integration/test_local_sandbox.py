@@ -309,7 +309,10 @@ def test_the_sandbox_command_shows_the_whole_profile() -> None:
     for flag in ("--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session"):
         assert flag in cmd
     assert "--share-net" not in cmd
-    assert cmd[cmd.index("--size") + 1 : cmd.index("--size") + 4] == [str(8 << 20), "--tmpfs", "/tmp"]
+    tmp = cmd.index("/tmp")
+    assert cmd[tmp - 3 : tmp + 1] == ["--size", str(8 << 20), "--tmpfs", "/tmp"]
+    devices = {cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--dev-bind"}
+    assert devices == {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}
     assert cmd[cmd.index("/opt/python") - 1 :][:3] == ["--ro-bind", "/opt/python", "/opt/python"]
     assert cmd[cmd.index("--") + 1 :] == ["python3", "-c", "print(1)"]
     binds = {cmd[i + 1] for i, arg in enumerate(cmd) if arg in ("--bind", "--ro-bind", "--ro-bind-try")}

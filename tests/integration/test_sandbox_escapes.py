@@ -141,10 +141,12 @@ async def test_nothing_outside_the_tmpfs_is_writable(launcher: LocalLauncher, tm
         f"attempt({what!r}, lambda: open({path!r}, 'w').write('escaped'))\n" for what, path in targets.items()
     )
     code += "attempt('fill-tmpfs', lambda: open('/tmp/big', 'wb').write(b'x' * (8 << 20)))\n"
+    code += "attempt('pty', lambda: open('/dev/ptmx', 'r+b'))\n"  # ptys are a machine-wide count
     result = await run_python(launcher, code, tmpfs_mb=4)
     seen = observed(result)
     assert seen.pop("tmp") == "ok 7"
     assert seen.pop("fill-tmpfs") == "OSError"  # EFBIG/ENOSPC: the tmpfs is capped
+    assert seen.pop("pty") == "FileNotFoundError"
     assert seen.pop("host-file") in ("FileNotFoundError", "PermissionError")
     for what, outcome in seen.items():
         assert outcome in ("OSError", "PermissionError", "FileNotFoundError"), (what, outcome)
