@@ -154,6 +154,18 @@ def kill_uid(uid: int | None) -> None:
     os.waitpid(pid, 0)
 
 
+def processes_of(uid: int) -> int:
+    """How many processes the host uid has now."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                count += os.stat(f"/proc/{entry}").st_uid == uid
+            except OSError:
+                continue
+    return count
+
+
 def _exec_sandbox(job: dict[str, Any], stdin_fd: int, out_fd: int, err_fd: int) -> None:  # pragma: no cover
     """In the forked child: become the job's host uid, set the rlimits, exec bwrap.
     (Coverage cannot see it: the child execs, its measurements are never written.)"""
@@ -167,9 +179,11 @@ def _exec_sandbox(job: dict[str, Any], stdin_fd: int, out_fd: int, err_fd: int) 
             os.setresgid(uid, uid, uid)
             os.setresuid(uid, uid, uid)
         limits = job["limits"]
-        # RLIMIT_NPROC counts every process of the host uid: bwrap and its pid-1 reaper too.
+        # RLIMIT_NPROC counts every process of the host uid: bwrap and its pid-1 reaper too,
+        # and, without a uid of the job's own (launcher not root), all the user's others.
+        nproc = limits["processes"] + 2 + (processes_of(os.getuid()) if uid is None else 0)
         rlimits = (
-            (resource.RLIMIT_NPROC, limits["processes"] + 2, limits["processes"] + 2),
+            (resource.RLIMIT_NPROC, nproc, nproc),
             (resource.RLIMIT_NOFILE, limits["open_files"], limits["open_files"]),
             (resource.RLIMIT_CPU, limits["cpu_s"], limits["cpu_s"] + 1),
             (resource.RLIMIT_AS, limits["memory_mb"] << 20, limits["memory_mb"] << 20),

@@ -442,6 +442,11 @@ async def test_the_supervisor_honours_a_cancel_before_it_starts(tmp_path: Path) 
     assert not supervisor.publish_result(job_dir, supervisor.outcome(spec.job_id, "failed", 1, "late"))
 
 
+def test_processes_of_a_uid_are_counted() -> None:
+    assert supervisor.processes_of(os.getuid()) >= 1
+    assert supervisor.processes_of(0x7AFFFFFF) == 0
+
+
 def test_the_supervisor_refuses_bad_usage() -> None:
     assert supervisor.main(["supervisor.py"]) == 2
 
