@@ -462,7 +462,12 @@ def _hand_over(conn: Any, listener: Any, state_dir: str) -> None:
     if lock_fd is None:
         conn.sendall(b"0")
         return
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as exc:  # the claim is ours: say why the job never ran, and let go of it
+        publish_result(job_dir, outcome(name, "failed", None, f"its supervisor could not be started: {exc}"))
+        os.close(lock_fd)
+        raise
     if pid == 0:  # pragma: no cover - runs in the forked supervisor
         conn.close()
         listener.close()

@@ -108,6 +108,21 @@ async def test_output_past_the_cap_is_dropped_and_flagged(launcher: LocalLaunche
     assert not result.stderr_truncated
 
 
+async def test_open_files_are_limited(launcher: LocalLauncher) -> None:
+    code = (
+        "files = []\n"
+        "try:\n"
+        "    while len(files) < 1000:\n"
+        "        files.append(open('/dev/null'))\n"
+        "except OSError as exc:\n"
+        "    print(len(files), exc.strerror)\n"
+    )
+    result = await run_python(launcher, code, open_files=32)
+    opened, _, error = result.stdout.strip().partition(" ")
+    assert int(opened) < 32
+    assert error == "Too many open files"
+
+
 async def test_the_wall_clock_kills_the_job_and_all_its_processes(launcher: LocalLauncher) -> None:
     spec = spec_for(("sh", "-c", "(trap '' TERM HUP; sleep 300) & echo started; sleep 300"), wall_s=1.5)
     result = await run_job(launcher, spec)
