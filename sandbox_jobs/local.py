@@ -1,5 +1,7 @@
 """The local launcher: each job runs under bubblewrap on this machine, watched by its own
 detached supervisor (:mod:`sandbox_jobs.supervisor`), with its state in a directory.
+Supervisors are forked by a long-lived supervisor host per state dir, which saves each
+job an interpreter start; without a host a launch starts one supervisor itself.
 
 The sandbox unshares every namespace (no network at all, its own pids, users, IPC, UTS,
 cgroups), sees a read-only minimal host (``/usr`` with the lib/bin links, the loader
@@ -48,14 +50,16 @@ from sandbox_jobs.base import (
     SandboxLauncher,
 )
 
-__all__ = ["LocalLauncher", "default_state_dir", "sandbox_command", "sandbox_environment"]
+__all__ = ["LocalLauncher", "default_state_dir", "host_uid_for", "sandbox_command", "sandbox_environment"]
 
 SANDBOX_UID = 1000
 """The uid (and gid) the job has inside its user namespace."""
 
 HOST_UID_BASE = 0x7A000000
 """Per-job host uids are HOST_UID_BASE + 24 bits of the job id's hash: far above any
-account's uid, so no host process shares a job's uid."""
+account's uid, so no host process shares a job's uid. Two jobs running at once share
+one with odds of 1 in 16.7 million per pair; they would then share a process limit, and
+stopping one would stop the other."""
 
 HOST_IDLE_S = 30.0
 """How long the supervisor host of a state dir lives on without a job to start; 0 turns
@@ -177,16 +181,15 @@ def _validate(spec: JobSpec) -> None:
     for name, value in spec.env.items():
         if not _ENV_NAME.fullmatch(name) or "\0" in value:
             raise LaunchError(f"environment variable {name!r} has an invalid name or value")
-    if spec.allowed_hosts:
-        raise LaunchError(
-            "the local launcher gives jobs no network at all; "
-            f"allowed_hosts {list(spec.allowed_hosts)} needs a launcher with egress control (k8s://)"
-        )
 
 
 class LocalLauncher(SandboxLauncher):
     """Runs jobs in bubblewrap sandboxes on this machine, one detached supervisor per job,
-    with each job's state in ``state_dir/JOB_ID`` so any process can reattach."""
+    with each job's state in ``state_dir/JOB_ID`` so any process can reattach.
+
+    Jobs get no network whatever their ``allowed_hosts`` say: an allowlist permits, and
+    this launcher grants less (egress control needs a launcher that has it, k8s://).
+    """
 
     def __init__(
         self,
