@@ -173,6 +173,14 @@ def _exec_sandbox(job: dict[str, Any], stdin_fd: int, out_fd: int, err_fd: int) 
         os.dup2(stdin_fd, 0)
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
+        argv = job["argv"]
+        if job.get("seccomp"):  # bwrap reads the filter from a descriptor, to its end
+            filter_r, filter_w = os.pipe()
+            os.write(filter_w, job["seccomp"])
+            os.close(filter_w)
+            os.set_inheritable(filter_r, True)
+            end = argv.index("--")
+            argv = [*argv[:end], "--seccomp", str(filter_r), *argv[end:]]
         uid = job["uid"]
         if uid is not None:
             os.setgroups([])
@@ -193,7 +201,7 @@ def _exec_sandbox(job: dict[str, Any], stdin_fd: int, out_fd: int, err_fd: int) 
         for which, soft, hard in rlimits:
             resource.setrlimit(which, (soft, hard))
         os.chdir("/")
-        os.execve(job["argv"][0], job["argv"], job["env"])
+        os.execve(argv[0], argv, job["env"])
     except BaseException as exc:
         os.write(2, f"sandbox: could not start bwrap: {exc}\n".encode())
     finally:
@@ -380,12 +388,13 @@ def run_claimed(job_dir: str, lock_fd: int) -> int:
 
 def host_address(state_dir: str) -> str:
     """The abstract unix socket of a state dir's supervisor host (no file, no path-length
-    limit, gone when the host is; only one host can bind it)."""
+    limit, gone when the host is; only one host can bind it). It names this supervisor
+    code too, so a host still running older code is never handed new jobs."""
     import hashlib
 
-    return (
-        "\0agentstream-sandbox-host-" + hashlib.sha256(os.path.realpath(state_dir).encode()).hexdigest()[:32]
-    )
+    code = os.stat(__file__)
+    identity = f"{os.path.realpath(state_dir)}\0{code.st_mtime_ns}\0{code.st_size}"
+    return "\0agentstream-sandbox-host-" + hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
 def serve(state_dir: str, idle_s: float) -> int:

@@ -22,7 +22,7 @@ import pytest
 
 from sandbox_jobs import supervisor
 from sandbox_jobs.base import JobNotFound, JobSpec, LaunchError, open_launcher
-from sandbox_jobs.local import LocalLauncher, default_state_dir, host_uid_for, sandbox_command
+from sandbox_jobs.local import LocalLauncher, default_state_dir, host_uid_for, sandbox_command, seccomp_filter
 from tests.support.sandbox import (
     WAIT_S,
     job_processes,
@@ -333,6 +333,9 @@ def test_the_sandbox_command_shows_the_whole_profile() -> None:
     assert not any(b.startswith(("/home", "/root", "/work", str(REPO))) for b in binds)
     assert "--bind" not in cmd[: cmd.index("--")]  # nothing of the host is writable
     assert 0x7A000000 <= host_uid_for(spec.job_id) < 0x7B000000
+    program = seccomp_filter("x86_64")
+    assert program is not None and len(program) % 8 == 0
+    assert seccomp_filter("aarch64") is None
 
 
 async def test_without_a_host_each_job_starts_its_own_supervisor(tmp_path: Path) -> None:

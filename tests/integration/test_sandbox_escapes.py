@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import platform
 import secrets
 import socket
 import subprocess
@@ -360,4 +361,25 @@ async def test_the_job_cannot_kill_its_parents(launcher: LocalLauncher) -> None:
         assert seen[f"host-{pid}"] == "ProcessLookupError"
         os.kill(pid, 0)  # alive
     assert result.state == "succeeded"
+    await assert_host_unaffected(launcher, result)
+
+
+async def test_risky_kernel_interfaces_are_filtered_out(launcher: LocalLauncher) -> None:
+    """Not on the issue's list, but the likeliest way out of a user namespace is a kernel
+    bug; a seccomp filter keeps io_uring, eBPF, perf, keyrings, ptrace and the like away."""
+    if platform.machine() != "x86_64":
+        pytest.skip("the seccomp table is x86_64's")
+    calls = {"io_uring_setup": 425, "bpf": 321, "perf_event_open": 298, "keyctl": 250, "ptrace": 101}
+    code = (
+        "import ctypes, errno, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        f"for name, number in {calls!r}.items():\n"
+        "    libc.syscall(number, 0, 0, 0, 0, 0)\n"
+        "    print(f'{name}: {errno.errorcode[ctypes.get_errno()]}')\n"
+        "print(f'getpid: {libc.syscall(39)}')\n"
+    )
+    result = await run_python(launcher, code)
+    seen = observed(result)
+    assert {name: seen[name] for name in calls} == dict.fromkeys(calls, "EPERM")
+    assert seen["getpid"] == "2"  # the rest works: pid 2 in the job's own namespace
     await assert_host_unaffected(launcher, result)
