@@ -7,8 +7,9 @@ The sandbox unshares every namespace (no network at all, its own pids, users, IP
 cgroups), sees a read-only minimal host (``/usr`` with the lib/bin links, the loader
 cache, and the Python prefix only if there is no system Python), writes only to a
 size-capped tmpfs at ``/tmp`` (also its cwd and HOME), runs as a non-root uid with no
-capabilities and no_new_privs, gets a fixed small environment, and runs under rlimits on
-CPU time, address space, processes, open files and file size.
+capabilities and no_new_privs under a seccomp filter (:func:`seccomp_filter`), gets a
+fixed small environment, and runs under rlimits on CPU time, address space, processes,
+open files and file size.
 
 When the host process is root, each job runs as its own unprivileged host uid (derived
 from the job id): Linux does not enforce RLIMIT_NPROC for uid 0, and a per-job uid also
@@ -53,7 +54,14 @@ from sandbox_jobs.base import (
     SandboxLauncher,
 )
 
-__all__ = ["LocalLauncher", "default_state_dir", "host_uid_for", "sandbox_command", "sandbox_environment"]
+__all__ = [
+    "LocalLauncher",
+    "default_state_dir",
+    "host_uid_for",
+    "sandbox_command",
+    "sandbox_environment",
+    "seccomp_filter",
+]
 
 SANDBOX_UID = 1000
 """The uid (and gid) the job has inside its user namespace."""
