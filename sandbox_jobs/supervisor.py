@@ -329,7 +329,8 @@ def supervise(job_dir: str) -> dict[str, Any]:
                     continue
                 streams[fd].add(data)
                 if streams[fd].dropped > flood:
-                    kill(f"output limit exceeded: more than {flood} bytes on {names[fd]}; killed")
+                    cap = limits["output_bytes"]
+                    kill(f"output flood: {names[fd]} went over {flood} bytes past its cap of {cap}; killed")
             if killed_at is None and os.path.exists(cancel_path):
                 kill("cancelled", "cancelled")
             if status is None:

@@ -422,7 +422,12 @@ async def _prepared(tmp_path: Path, spec: JobSpec) -> str:
         ),
         (("sh", "-c", "kill -USR1 $$"), {}, "failed", "killed by SIGUSR1"),
         (("sleep", "300"), {"wall_s": 0.5}, "failed", "wall-clock limit of 0.5s exceeded; killed"),
-        (("yes",), {"output_bytes": 100}, "failed", "output limit exceeded: more than 1600 bytes on stdout"),
+        (
+            ("yes",),
+            {"output_bytes": 100},
+            "failed",
+            "output flood: stdout went over 1600 bytes past its cap of 100",
+        ),
         (
             ("python3", "-c", "b = bytearray(1 << 30)"),
             {"memory_mb": 64},

@@ -277,7 +277,7 @@ async def test_an_output_flood_is_capped_and_stopped(launcher: LocalLauncher) ->
     spec = spec_for(("yes", "flood"), output_bytes=1024)
     result = await run_job(launcher, spec)
     assert result.state == "failed"
-    assert result.reason == "output limit exceeded: more than 16384 bytes on stdout; killed"
+    assert result.reason == "output flood: stdout went over 16384 bytes past its cap of 1024; killed"
     assert result.stdout == "flood\n" * 170 + "flood"[:4]
     assert result.stdout_truncated
     assert (launcher.state_dir / spec.job_id / "result").stat().st_size < 8192
