@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import marshal
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -397,6 +399,73 @@ async def test_a_result_cut_short_reads_as_a_lost_result(launcher: LocalLauncher
     assert result is not None
     assert result.state == "failed"
     assert result.reason is not None and "result was lost" in result.reason
+
+
+FORK_BOMB = """
+import os, time
+made = refused = 0
+for _ in range(300):
+    try:
+        pid = os.fork()
+    except OSError:
+        refused += 1
+        continue
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    made += 1
+print(made, refused)
+"""
+
+NOT_ROOT_LAUNCH = """
+import asyncio, sys
+from sandbox_jobs.base import JobLimits, JobSpec
+from sandbox_jobs.local import LocalLauncher
+
+async def main():
+    launcher = LocalLauncher(sys.argv[1], host_idle_s=0)
+    argv = ("python3", "-c", sys.argv[2])
+    spec = JobSpec("sbx-not-root", "r", "t", "c", argv, limits=JobLimits(processes=8))
+    await launcher.launch(spec)
+    result = await launcher.wait(spec.job_id, 60)
+    print(result.state, result.stdout.strip())
+
+asyncio.run(main())
+"""
+
+
+def test_a_launcher_without_root_still_holds_the_process_limit() -> None:
+    """Without root there is no uid per job: the limit is counted on top of the user's
+    own processes. Run as nobody, on a copy of the package that nobody can read."""
+    require_bwrap()
+    if os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"):
+        pytest.skip("needs root (to become nobody) and /usr/bin/python3")
+    nobody = 65534
+    place = Path(tempfile.mkdtemp(prefix="sandbox-not-root-"))
+    try:
+        shutil.copytree(REPO / "sandbox_jobs", place / "sandbox_jobs")
+        for path in [place, *place.rglob("*")]:
+            os.chown(path, nobody, nobody)
+        os.chmod(place, 0o755)
+        done = subprocess.run(
+            ["/usr/bin/python3", "-c", NOT_ROOT_LAUNCH, str(place / "jobs"), FORK_BOMB],
+            user=nobody,
+            group=nobody,
+            extra_groups=[],
+            env={"PYTHONPATH": str(place), "HOME": str(place)},
+            cwd=place,
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(place, ignore_errors=True)
+    assert done.returncode == 0, done.stderr
+    state, made, refused = done.stdout.split()
+    assert state == "succeeded"
+    assert int(made) <= 8
+    assert int(refused) > 0
 
 
 # -- the supervisor in this process, for coverage of its branches ----------------------
