@@ -403,6 +403,8 @@ cmd_up() {
 
     start_ms="$(date +%s%3N)"
     deadline=$(($(date +%s) + K8S_START_TIMEOUT))
+    # A start that fails half-way stops what it started.
+    trap 'rc=$?; if ((rc)); then cmd_down >/dev/null 2>&1; fi; exit $rc' EXIT
     rm -rf "$RUN_DIR"
     mkdir -p "$RUN_DIR"
     write_pki
@@ -425,7 +427,8 @@ cmd_up() {
         --authorization-mode Node,RBAC --anonymous-auth=false \
         --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
         --service-account-issuer "https://kubernetes.default.svc" \
-        --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=false \
+        --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=false --endpoint-reconciler-type none \
+        --disable-admission-plugins TaintNodesByCondition \
         --enable-priority-and-fairness=false --watch-cache=true --profiling=false \
         --cert-dir "$RUN_DIR/apiserver-certs" --v 1
     wait_for "the API server" "$deadline" api /readyz
@@ -433,7 +436,7 @@ cmd_up() {
     start_component kube-controller-manager --kubeconfig "$KUBECONFIG_FILE" \
         --authentication-kubeconfig "$KUBECONFIG_FILE" --authorization-kubeconfig "$KUBECONFIG_FILE" \
         --bind-address "$HOST" --secure-port "$KCM_PORT" --leader-elect=false \
-        --controllers job,ttl-after-finished,namespace,garbage-collector,serviceaccount,pod-garbage-collector \
+        --controllers job-controller,ttl-after-finished-controller,namespace-controller,garbage-collector-controller,serviceaccount-controller,pod-garbage-collector-controller \
         --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
         --cert-dir "$RUN_DIR/kcm-certs" --concurrent-job-syncs 5 --v 1
     start_component kube-scheduler --kubeconfig "$KUBECONFIG_FILE" \
@@ -448,6 +451,7 @@ cmd_up() {
     wait_for "$K8S_NODES ready kwok nodes" "$deadline" nodes_ready
     wait_for "the default service account" "$deadline" default_sa_exists
 
+    trap - EXIT
     elapsed_ms=$(($(date +%s%3N) - start_ms))
     log "ready in $((elapsed_ms / 1000)).$(printf '%03d' $((elapsed_ms % 1000)))s on https://$HOST:$APISERVER_PORT; logs in $RUN_DIR"
     echo "KUBECONFIG=$KUBECONFIG_FILE"
