@@ -27,6 +27,7 @@ from sandbox_jobs.k8s import DENY_POLICY, EGRESS_LABEL, KubernetesLauncher
 pytestmark = [pytest.mark.integration, pytest.mark.k8s]
 
 WAIT_S = 90.0
+KWOK_LOG = "kwok ran no container;\nthis is the fake node's log.\n"  # tests/services/k8s.sh
 
 
 @pytest.fixture(scope="module")
@@ -135,12 +136,26 @@ async def test_job_completes_and_result_is_collected(launcher: KubernetesLaunche
     assert result.exit_code == 0  # kwok's terminated state
     assert result.reason is None
     assert result.duration_ms >= 0
-    # kwok runs no container, so there is no log and no termination message to collect.
-    assert result.stdout == "" and result.stderr == ""
+    # kwok runs no container: the log comes from the file k8s.sh gives kwok to serve, through the
+    # API server's pod log endpoint as on a real node; there is no termination message.
+    assert result.stdout == KWOK_LOG
+    assert result.stdout_truncated is False
+    assert result.stderr == ""
 
     await launcher.delete(spec.job_id)
     with pytest.raises(JobNotFound):
         await launcher.state(spec.job_id)
+
+
+async def test_stdout_is_capped_at_the_output_limit(launcher: KubernetesLauncher) -> None:
+    spec = spec_for(limits=JobLimits(output_bytes=10))
+    await launcher.launch(spec)
+    assert await wait_state(launcher, spec.job_id, {"succeeded", "failed"}) == "succeeded"
+    result = await launcher.result(spec.job_id)
+    assert result is not None
+    assert result.stdout == KWOK_LOG[:10]
+    assert result.stdout_truncated is True
+    await launcher.delete(spec.job_id)
 
 
 async def test_result_is_none_while_the_job_waits(launcher: KubernetesLauncher) -> None:

@@ -241,9 +241,26 @@ EOF
 }
 
 # kwok's lifecycle for pods: scheduled -> Running at once -> Succeeded (exit 0) at once when a
-# Job owns the pod; deleted pods go away. Nodes are made Ready.
+# Job owns the pod; deleted pods go away. Nodes are made Ready. Every container named "job" has
+# the log in kwok-pod.log (CRI log format), which kwok serves to the API server as a kubelet does:
+# the launcher's log collection goes through the real API path, only the words are fixed.
 write_kwok_stages() {
-    cat >"$RUN_DIR/kwok-stages.yaml" <<'EOF'
+    cat >"$RUN_DIR/kwok-pod.log" <<'EOF'
+2026-01-01T00:00:00.000000000Z stdout F kwok ran no container;
+2026-01-01T00:00:00.000000000Z stdout F this is the fake node's log.
+EOF
+    cat >"$RUN_DIR/kwok-stages.yaml" <<EOF
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterLogs
+metadata:
+  name: sandbox-logs
+spec:
+  logs:
+  - containers: [job]
+    logsFile: $RUN_DIR/kwok-pod.log
+---
+EOF
+    cat >>"$RUN_DIR/kwok-stages.yaml" <<'EOF'
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
 metadata:
