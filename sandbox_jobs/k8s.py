@@ -58,7 +58,7 @@ __all__ = ["BLOCKED_NETWORKS", "DEFAULT_IMAGE", "KubernetesLauncher", "egress_bl
 DEFAULT_IMAGE = "python:3.11-slim"
 DEFAULT_TTL_S = 3600
 CONTAINER = "job"
-LABEL_PREFIX = "agentstream.io/"
+LABEL_PREFIX = "agentstream.dev/"
 SANDBOX_LABEL = LABEL_PREFIX + "sandbox"
 EGRESS_LABEL = LABEL_PREFIX + "egress"
 DENY_POLICY = "agentstream-sandbox-deny-all"
@@ -182,7 +182,8 @@ class KubernetesLauncher(SandboxLauncher):
 
     @classmethod
     def from_url(cls, url: str) -> KubernetesLauncher:
-        """``k8s://NAMESPACE[?image=IMAGE&ttl=SECONDS&cpu=CORES]``; the cluster comes from
+        """``k8s://NAMESPACE[?image=IMAGE&ttl=SECONDS&cpu=CORES]``; the image defaults to
+        ``AGENTSTREAM_SANDBOX_IMAGE``, then :data:`DEFAULT_IMAGE`. The cluster comes from
         ``KUBECONFIG`` (or ``~/.kube/config``), else from the in-cluster service account."""
         parts = urlsplit(url)
         namespace = parts.netloc
@@ -190,8 +191,9 @@ class KubernetesLauncher(SandboxLauncher):
             raise ValueError(f"expected k8s://NAMESPACE, got {url!r}")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         options: dict[str, Any] = {}
-        if "image" in query:
-            options["image"] = query["image"]
+        image = query.get("image") or os.environ.get("AGENTSTREAM_SANDBOX_IMAGE")
+        if image:
+            options["image"] = image
         if "ttl" in query:
             options["ttl_after_finished_s"] = int(query["ttl"])
         if "cpu" in query:

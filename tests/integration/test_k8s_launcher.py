@@ -96,9 +96,9 @@ async def test_job_manifest_read_back_from_the_server(
     await launcher.launch(spec)
 
     job = client.BatchV1Api(api).read_namespaced_job(spec.job_id, launcher.namespace)
-    assert job.metadata.labels["agentstream.io/run-id"] == "run-1"
-    assert job.metadata.labels["agentstream.io/tenant"] == "acme"
-    assert job.metadata.labels["agentstream.io/tool-call-id"] == "tc-1"
+    assert job.metadata.labels["agentstream.dev/run-id"] == "run-1"
+    assert job.metadata.labels["agentstream.dev/tenant"] == "acme"
+    assert job.metadata.labels["agentstream.dev/tool-call-id"] == "tc-1"
     assert job.spec.backoff_limit == 0
     assert job.spec.active_deadline_seconds == 13
     assert job.spec.ttl_seconds_after_finished == 600
@@ -121,7 +121,7 @@ async def test_job_manifest_read_back_from_the_server(
     assert env["MODE"] == "test" and env["AGENTSTREAM_STDIN"] == "data"
     (volume,) = pod.volumes
     assert volume.empty_dir.medium == "Memory" and volume.empty_dir.size_limit == "32Mi"
-    assert job.spec.template.metadata.labels["agentstream.io/sandbox"] == "true"
+    assert job.spec.template.metadata.labels["agentstream.dev/sandbox"] == "true"
 
 
 async def test_job_completes_and_result_is_collected(launcher: KubernetesLauncher) -> None:
@@ -173,7 +173,7 @@ async def test_same_job_id_twice_makes_one_job(launcher: KubernetesLauncher, api
     await launcher.launch(spec_for(job_id=spec.job_id, argv=("echo", "other"), limits=UNSCHEDULABLE))
 
     jobs = client.BatchV1Api(api).list_namespaced_job(
-        launcher.namespace, label_selector=f"agentstream.io/job-id={spec.job_id}"
+        launcher.namespace, label_selector=f"agentstream.dev/job-id={spec.job_id}"
     )
     assert len(jobs.items) == 1
     assert jobs.items[0].spec.template.spec.containers[0].args[3:] == ["python3", "-c", "print('hi')"]
@@ -191,7 +191,7 @@ async def test_cancel_deletes_the_job_and_the_result_says_cancelled(
     batch = client.BatchV1Api(api)
     for _ in range(int(WAIT_S / 0.2)):
         if not batch.list_namespaced_job(
-            launcher.namespace, label_selector=f"agentstream.io/job-id={spec.job_id}"
+            launcher.namespace, label_selector=f"agentstream.dev/job-id={spec.job_id}"
         ).items:
             break
         await asyncio.sleep(0.2)
@@ -205,7 +205,7 @@ async def test_cancel_deletes_the_job_and_the_result_says_cancelled(
     await launcher.launch(spec)
     await launcher.cancel(spec.job_id)
     assert not batch.list_namespaced_job(
-        launcher.namespace, label_selector=f"agentstream.io/job-id={spec.job_id}"
+        launcher.namespace, label_selector=f"agentstream.dev/job-id={spec.job_id}"
     ).items
     assert await launcher.state(spec.job_id) == "cancelled"
 
@@ -255,15 +255,18 @@ async def test_network_policies_deny_by_default_and_allow_the_tenants_list(
     net = client.NetworkingV1Api(api)
 
     deny = net.read_namespaced_network_policy(DENY_POLICY, launcher.namespace)
-    assert deny.spec.pod_selector.match_labels == {"agentstream.io/sandbox": "true"}
+    assert deny.spec.pod_selector.match_labels == {"agentstream.dev/sandbox": "true"}
     assert sorted(deny.spec.policy_types) == ["Egress", "Ingress"]
     assert not deny.spec.egress and not deny.spec.ingress
 
     job = client.BatchV1Api(api).read_namespaced_job(spec.job_id, launcher.namespace)
     egress_id = job.spec.template.metadata.labels[EGRESS_LABEL]
     allow = net.read_namespaced_network_policy(f"agentstream-egress-{egress_id}", launcher.namespace)
-    assert allow.spec.pod_selector.match_labels == {"agentstream.io/sandbox": "true", EGRESS_LABEL: egress_id}
-    assert allow.metadata.labels["agentstream.io/tenant"] == "acme"
+    assert allow.spec.pod_selector.match_labels == {
+        "agentstream.dev/sandbox": "true",
+        EGRESS_LABEL: egress_id,
+    }
+    assert allow.metadata.labels["agentstream.dev/tenant"] == "acme"
     blocks = {p.ip_block.cidr: p.ip_block.var_except for p in allow.spec.egress[0].to}
     assert blocks == {
         "0.0.0.0/0": ["169.254.0.0/16", "100.100.100.200/32"],
@@ -338,13 +341,18 @@ async def test_open_launcher_by_url(
     k8s_kubeconfig: str, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KUBECONFIG", k8s_kubeconfig)
-    launcher = open_launcher(f"k8s://{namespace}?image=busybox:1.36&ttl=60")
+    monkeypatch.setenv("AGENTSTREAM_SANDBOX_IMAGE", "example.test/sandbox:1")
+    launcher = open_launcher(f"k8s://{namespace}?ttl=60&cpu=500m")
     assert isinstance(launcher, KubernetesLauncher)
-    assert (launcher.namespace, launcher.image, launcher.ttl_after_finished_s) == (
+    assert (launcher.namespace, launcher.image, launcher.ttl_after_finished_s, launcher.cpu) == (
         namespace,
-        "busybox:1.36",
+        "example.test/sandbox:1",
         60,
+        "500m",
     )
+    other = open_launcher(f"k8s://{namespace}?image=other:2")
+    assert isinstance(other, KubernetesLauncher) and other.image == "other:2"
+    await other.aclose()
     spec = spec_for()
     await launcher.launch(spec)
     assert await wait_state(launcher, spec.job_id, {"succeeded", "failed"}) == "succeeded"

@@ -103,5 +103,5 @@ def test_odd_ids_become_valid_labels_and_exact_annotations() -> None:
     manifest = launcher.job_manifest(spec)
     labels = manifest["metadata"]["labels"]
     assert all(len(v) <= 63 for v in labels.values())
-    assert manifest["metadata"]["annotations"]["agentstream.io/tenant"] == "Tenant #1"
-    assert manifest["metadata"]["annotations"]["agentstream.io/tool-call-id"] == "t" * 70
+    assert manifest["metadata"]["annotations"]["agentstream.dev/tenant"] == "Tenant #1"
+    assert manifest["metadata"]["annotations"]["agentstream.dev/tool-call-id"] == "t" * 70
