@@ -61,6 +61,7 @@ CONTAINER = "job"
 LABEL_PREFIX = "agentstream.dev/"
 SANDBOX_LABEL = LABEL_PREFIX + "sandbox"
 EGRESS_LABEL = LABEL_PREFIX + "egress"
+CANCELLED_ANNOTATION = LABEL_PREFIX + "cancelled-at"
 DENY_POLICY = "agentstream-sandbox-deny-all"
 TERMINATION_LOG_BYTES = 4096
 REQUEST_TIMEOUT_S = 10.0
@@ -264,15 +265,18 @@ class KubernetesLauncher(SandboxLauncher):
         if state not in FINISHED:
             return None
         if state == "cancelled":
-            return _cancelled(job_id, None)
+            annotations = (job.metadata.annotations if job.metadata else None) or {}
+            return _cancelled(job_id, None, annotations.get(CANCELLED_ANNOTATION))
         return await self._call(self._collect, job, state)
 
     async def cancel(self, job_id: str) -> None:
         job = await self._call(self._read_job, job_id)
-        if job is None or _job_state(job) in FINISHED:
+        if job is None or (_job_state(job) in FINISHED and not _marked_cancelled(job)):
             return
-        # Tombstone first: a crash between the two steps leaves a cancelled job whose Job
-        # the next cancel() or delete() removes, never a deleted Job that looks unknown.
+        # Mark, record, delete, in that order: after a crash at any step the job already
+        # reads as cancelled, and the next cancel() finishes the remaining steps.
+        if not _marked_cancelled(job):
+            await self._call(self._mark_cancelled, job_id)
         labels = dict(job.metadata.labels or {}) if job.metadata else {}
         await self._call(self._write_tombstone, job_id, labels)
         await self._call(self._delete_job, job_id)
@@ -418,10 +422,20 @@ class KubernetesLauncher(SandboxLauncher):
             client.V1ConfigMap,
             {
                 "metadata": {"name": job_id, "labels": {**labels, LABEL_PREFIX + "tombstone": "true"}},
-                "data": {"state": "cancelled", "cancelled_at": datetime.now().astimezone().isoformat()},
+                "data": {"state": "cancelled", "cancelled_at": _now()},
             },
         )
         _create(lambda: self._core.create_namespaced_config_map(self.namespace, body), f"cancel {job_id}")
+
+    def _mark_cancelled(self, job_id: str) -> None:
+        patch = {"metadata": {"annotations": {CANCELLED_ANNOTATION: _now()}}}
+        try:
+            self._batch.patch_namespaced_job(
+                job_id, self.namespace, patch, _request_timeout=REQUEST_TIMEOUT_S
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise LaunchError(f"cannot cancel job {job_id}: {_api_message(e)}") from e
 
     def _delete_tombstone(self, job_id: str) -> None:
         try:
@@ -575,7 +589,13 @@ def _created_at(pod: client.V1Pod) -> float:
     return created.timestamp() if created else 0.0
 
 
+def _marked_cancelled(job: client.V1Job) -> bool:
+    return bool(job.metadata and (job.metadata.annotations or {}).get(CANCELLED_ANNOTATION))
+
+
 def _job_state(job: client.V1Job) -> JobState:
+    if _marked_cancelled(job):
+        return "cancelled"
     status = job.status or client.V1JobStatus()
     for condition in status.conditions or []:
         if condition.status != "True":
@@ -587,8 +607,12 @@ def _job_state(job: client.V1Job) -> JobState:
     return "running" if (status.ready or 0) > 0 else "pending"
 
 
-def _cancelled(job_id: str, tombstone: client.V1ConfigMap | None) -> JobResult:
-    when = (tombstone.data or {}).get("cancelled_at") if tombstone else None
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _cancelled(job_id: str, tombstone: client.V1ConfigMap | None, when: str | None = None) -> JobResult:
+    when = (tombstone.data or {}).get("cancelled_at") if tombstone else when
     return JobResult(
         job_id=job_id,
         state="cancelled",

@@ -214,6 +214,33 @@ async def test_cancel_deletes_the_job_and_the_result_says_cancelled(
         await launcher.result(spec.job_id)
 
 
+async def test_a_cancel_cut_short_reads_cancelled_and_the_next_cancel_finishes_it(
+    launcher: KubernetesLauncher, api: client.ApiClient
+) -> None:
+    spec = spec_for(limits=UNSCHEDULABLE)
+    await launcher.launch(spec)
+    batch = client.BatchV1Api(api)
+    # What a worker killed right after cancel()'s first step leaves behind: the mark, no
+    # record, the Job still there.
+    batch.patch_namespaced_job(
+        spec.job_id,
+        launcher.namespace,
+        {"metadata": {"annotations": {"agentstream.dev/cancelled-at": "2026-01-01T00:00:00+00:00"}}},
+    )
+    assert await launcher.state(spec.job_id) == "cancelled"
+    result = await launcher.result(spec.job_id)
+    assert result is not None and result.state == "cancelled"
+    assert result.reason == "cancelled at 2026-01-01T00:00:00+00:00"
+
+    await launcher.cancel(spec.job_id)
+    job = await asyncio.to_thread(
+        batch.list_namespaced_job, launcher.namespace, label_selector=f"agentstream.dev/job-id={spec.job_id}"
+    )
+    assert all(j.metadata.deletion_timestamp for j in job.items)
+    assert await launcher.state(spec.job_id) == "cancelled"
+    await launcher.delete(spec.job_id)
+
+
 async def test_cancel_of_a_finished_job_keeps_its_result(launcher: KubernetesLauncher) -> None:
     spec = spec_for()
     await launcher.launch(spec)
