@@ -147,6 +147,20 @@ async def test_job_completes_and_result_is_collected(launcher: KubernetesLaunche
         await launcher.state(spec.job_id)
 
 
+async def test_a_failing_command_reports_its_exit_code_and_stderr(launcher: KubernetesLauncher) -> None:
+    # k8s.sh's kwok fails the container of this tool call with exit code 3 and a termination
+    # message; the Job controller then fails the Job (backoffLimit 0: no second pod).
+    spec = spec_for(tool_call_id="kwok-exit-3")
+    await launcher.launch(spec)
+    assert await wait_state(launcher, spec.job_id, {"succeeded", "failed"}) == "failed"
+    result = await launcher.result(spec.job_id)
+    assert result is not None
+    assert (result.state, result.exit_code, result.reason) == ("failed", 3, None)
+    assert result.stderr == "kwok: exit 3" and result.stderr_truncated is False
+    assert result.stdout == KWOK_LOG
+    await launcher.delete(spec.job_id)
+
+
 async def test_stdout_is_capped_at_the_output_limit(launcher: KubernetesLauncher) -> None:
     spec = spec_for(limits=JobLimits(output_bytes=10))
     await launcher.launch(spec)

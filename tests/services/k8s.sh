@@ -326,10 +326,10 @@ spec:
     - {key: '.metadata.deletionTimestamp', operator: 'DoesNotExist'}
     - {key: '.status.phase', operator: 'In', values: ['Running']}
     - {key: '.metadata.ownerReferences.[].kind', operator: 'In', values: ['Job']}
+    - {key: '.metadata.annotations["agentstream.dev/tool-call-id"]', operator: 'NotIn', values: ['kwok-exit-3']}
   next:
     statusTemplate: |
       {{ $now := Now }}
-      {{ $root := . }}
       containerStatuses:
       {{ range .spec.containers }}
       - image: {{ .image | Quote }}
@@ -350,6 +350,39 @@ spec:
       - {lastTransitionTime: {{ $now | Quote }}, status: "False", type: Ready, reason: PodCompleted}
       - {lastTransitionTime: {{ $now | Quote }}, status: "True", type: PodScheduled}
       phase: Succeeded
+---
+# A pod whose tool call id is "kwok-exit-3" fails instead: exit code 3, and a termination message
+# in the launcher's format (a truncation flag, then the tail of stderr).
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-exit-3
+spec:
+  resourceRef: {apiGroup: v1, kind: Pod}
+  selector:
+    matchExpressions:
+    - {key: '.metadata.deletionTimestamp', operator: 'DoesNotExist'}
+    - {key: '.status.phase', operator: 'In', values: ['Running']}
+    - {key: '.metadata.annotations["agentstream.dev/tool-call-id"]', operator: 'In', values: ['kwok-exit-3']}
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      containerStatuses:
+      {{ range .spec.containers }}
+      - image: {{ .image | Quote }}
+        name: {{ .name | Quote }}
+        ready: false
+        restartCount: 0
+        started: false
+        state:
+          terminated:
+            exitCode: 3
+            finishedAt: {{ $now | Quote }}
+            message: "Fkwok: exit 3"
+            reason: Error
+            startedAt: {{ $now | Quote }}
+      {{ end }}
+      phase: Failed
 ---
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
