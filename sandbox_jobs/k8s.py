@@ -209,6 +209,7 @@ class KubernetesLauncher(SandboxLauncher):
             raise LaunchError(
                 f"no Kubernetes cluster for {url!r}: no kubeconfig and not in a pod ({e})"
             ) from e
+        configuration.retries = 1
         return cls(namespace, client.ApiClient(configuration), **options)
 
     @classmethod
@@ -234,17 +235,15 @@ class KubernetesLauncher(SandboxLauncher):
         await self._call(self._ensure_deny_policy)
         if egress_id is not None:
             await self._call(self._ensure_egress_policy, spec.tenant_id, egress_id, egress)
-        manifest = self.job_manifest(spec, egress_id)
-        try:
-            await self._call(
-                self._batch.create_namespaced_job,
-                self.namespace,
-                _model(client.V1Job, manifest),
-                _request_timeout=REQUEST_TIMEOUT_S,
-            )
-        except ApiException as e:
-            if e.status != 409:
-                raise LaunchError(f"Kubernetes refused job {spec.job_id}: {_api_message(e)}") from e
+        body = _model(client.V1Job, self.job_manifest(spec, egress_id))
+        # 409 AlreadyExists: launched before (a retried or replayed dispatch).
+        await self._call(
+            _create,
+            lambda: self._batch.create_namespaced_job(
+                self.namespace, body, _request_timeout=REQUEST_TIMEOUT_S
+            ),
+            f"job {spec.job_id}",
+        )
 
     async def state(self, job_id: str) -> JobState:
         job = await self._call(self._read_job, job_id)
@@ -387,8 +386,8 @@ class KubernetesLauncher(SandboxLauncher):
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
-        except ApiException:
-            raise
+        except ApiException as e:
+            raise LaunchError(f"Kubernetes API request failed: {_api_message(e)}") from e
         except (OSError, client.exceptions.OpenApiException) as e:
             raise LaunchError(f"Kubernetes API server at {self._api_client.configuration.host}: {e}") from e
         except Exception as e:
@@ -425,7 +424,10 @@ class KubernetesLauncher(SandboxLauncher):
                 "data": {"state": "cancelled", "cancelled_at": _now()},
             },
         )
-        _create(lambda: self._core.create_namespaced_config_map(self.namespace, body), f"cancel {job_id}")
+        _create(
+            lambda: self._core.create_namespaced_config_map(self.namespace, body),
+            f"the cancellation record of {job_id}",
+        )
 
     def _mark_cancelled(self, job_id: str) -> None:
         patch = {"metadata": {"annotations": {CANCELLED_ANNOTATION: _now()}}}
@@ -471,7 +473,10 @@ class KubernetesLauncher(SandboxLauncher):
                 },
             },
         )
-        _create(lambda: self._net.create_namespaced_network_policy(self.namespace, body), "deny policy")
+        _create(
+            lambda: self._net.create_namespaced_network_policy(self.namespace, body),
+            "the deny-all NetworkPolicy",
+        )
         self._policies_ready.add(DENY_POLICY)
 
     def _ensure_egress_policy(self, tenant_id: str, egress_id: str, peers: list[dict[str, Any]]) -> None:
@@ -581,7 +586,7 @@ def _create(create: Callable[[], object], what: str) -> None:
         create()
     except ApiException as e:
         if e.status != 409:
-            raise LaunchError(f"Kubernetes refused the {what}: {_api_message(e)}") from e
+            raise LaunchError(f"Kubernetes refused {what}: {_api_message(e)}") from e
 
 
 def _created_at(pod: client.V1Pod) -> float:
