@@ -436,6 +436,12 @@ cmd_install() {
     log "Kubernetes $K8S_VERSION and kwok $KWOK_VERSION ready in $BIN"
 }
 
+stop_on_failure() {
+    local rc=$?
+    if ((rc)); then cmd_down >/dev/null 2>&1 || true; fi
+    exit "$rc"
+}
+
 cmd_up() {
     local start_ms deadline elapsed_ms port
     command -v openssl >/dev/null || die "openssl not found"
@@ -454,7 +460,7 @@ cmd_up() {
     start_ms="$(date +%s%3N)"
     deadline=$(($(date +%s) + K8S_START_TIMEOUT))
     # A start that fails half-way stops what it started.
-    trap 'rc=$?; if ((rc)); then cmd_down >/dev/null 2>&1; fi; exit $rc' EXIT
+    trap stop_on_failure EXIT
     rm -rf "$RUN_DIR"
     mkdir -p "$RUN_DIR"
     write_pki
