@@ -10,17 +10,19 @@ TEST_ENV = AGENTSTREAM_TEST_KAFKA=127.0.0.1:$${KAFKA_PORT:-19092} \
            AGENTSTREAM_TEST_CASSANDRA=127.0.0.1:$${CASSANDRA_PORT:-19042} \
            AGENTSTREAM_TEST_WEAVIATE=127.0.0.1:$${WEAVIATE_PORT:-18080}:$${WEAVIATE_GRPC_PORT:-18051} \
            AGENTSTREAM_TEST_HELM=$$(bash $(SERVICES)/helm.sh path) \
+           AGENTSTREAM_TEST_K8S=$(RUN_DIR)/k8s/kubeconfig \
            OPENBLAS_NUM_THREADS=1
 
 .PHONY: setup sandbox-deps local-model demo lint test test-unit bench services-up services-down codegen
 
 setup: local-model sandbox-deps  ## install agentstream with every extra the tests use, and fetch the services
-	$(PYTHON) -m pip install --disable-pip-version-check -q -e '.[dev,kafka,cassandra,memory,weaviate]'
+	$(PYTHON) -m pip install --disable-pip-version-check -q -e '.[dev,kafka,cassandra,memory,weaviate,k8s]'
 	bash $(SERVICES)/kafka.sh install
 	bash $(SERVICES)/registry.sh install
 	bash $(SERVICES)/weaviate.sh install
 	bash $(SERVICES)/cassandra.sh install
 	bash $(SERVICES)/helm.sh install
+	bash $(SERVICES)/k8s.sh install
 
 sandbox-deps:  ## bubblewrap and Debian's python3 for the local sandbox (apt, only when missing)
 	@command -v bwrap >/dev/null && test -x /usr/bin/python3 || \
@@ -41,13 +43,15 @@ lint:  ## ruff, formatting, strict types, the one-way import rule, generated cod
 	$(PYTHON) -m streams.codegen --check
 	agentstream schemas check
 
-services-up:  ## start Kafka, the schema registry, Cassandra and Weaviate on loopback
+services-up:  ## start Kafka, the schema registry, Cassandra, Weaviate and Kubernetes on loopback
 	bash $(SERVICES)/kafka.sh up
 	bash $(SERVICES)/registry.sh up
 	bash $(SERVICES)/cassandra.sh up
 	bash $(SERVICES)/weaviate.sh up
+	bash $(SERVICES)/k8s.sh up
 
 services-down:
+	-bash $(SERVICES)/k8s.sh down
 	-bash $(SERVICES)/weaviate.sh down
 	-bash $(SERVICES)/cassandra.sh down
 	-bash $(SERVICES)/registry.sh down

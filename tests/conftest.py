@@ -35,6 +35,12 @@ def registry_url() -> str:
     return service_address("AGENTSTREAM_TEST_REGISTRY", "a Confluent-compatible schema registry")
 
 
+@pytest.fixture(scope="session")
+def k8s_kubeconfig() -> str:
+    """Path of a kubeconfig for a real API server (tests/services/k8s.sh up)."""
+    return service_address("AGENTSTREAM_TEST_K8S", "a Kubernetes API server (kubeconfig path)")
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh AGENTSTREAM_HOME for the embedded default."""
