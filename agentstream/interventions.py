@@ -7,6 +7,8 @@ a lagging projection) and then appends one event keyed by the run id:
   decided approval, for other arguments than the request's, or when the run has ended.
 - `answer`: HumanAnswered; refused when the run has no open ask_human question.
 - `cancel`: RunCancelled; `change_goal`: GoalChanged; refused when the run has ended.
+- `submit`: TaskSubmitted, its budget lowered to the tenant's ceilings; refused when the
+  tenant already has `max_concurrent_runs` runs in flight (as the run-state view sees it).
 - `expire_due` (the approval timer): ApprovalDecided (expired, by `system`) for every
   pending request past its expiry.
 
@@ -22,7 +24,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from handlers.policy import TenantPolicies
 from projections.approvals import APPROVALS, PENDING, Approval, ApprovalInbox
+from projections.run_state import RunStates
 from projections.run_view import RunView, RunViews
 from projections.stores import ProjectionStore
 from streams.codec import EventCodec
@@ -34,6 +38,7 @@ from streams.events import (
     GoalChanged,
     HumanAnswered,
     RunCancelled,
+    TaskSubmitted,
 )
 from streams.log import EventLog, OutgoingRecord
 from streams.topics import Topics
@@ -122,6 +127,29 @@ class Interventions:
     def _running(view: RunView) -> None:
         if view.terminal:
             raise InterventionError("conflict", f"run {view.run_id} has already ended ({view.status})")
+
+    async def submit(self, task: TaskSubmitted, policies: TenantPolicies | None = None) -> TaskSubmitted:
+        """Publish a task under its tenant's policy: budget ceilings and the concurrency cap."""
+        policy = (policies or TenantPolicies()).for_tenant(task.meta.tenant_id)
+        if policy.max_concurrent_runs is not None:
+            if self.store is None:
+                raise InterventionError("invalid", "a concurrency cap needs the run-state view")
+            cap = policy.max_concurrent_runs
+            states = RunStates(self.store)
+            in_flight = [
+                s
+                for status in ("running", "suspended")
+                for s in await states.list(task.meta.tenant_id, status=status, limit=cap)
+            ]
+            if len(in_flight) >= cap:
+                raise InterventionError(
+                    "conflict",
+                    f"tenant {task.meta.tenant_id} already has {len(in_flight)} runs in flight"
+                    f" (max_concurrent_runs {cap})",
+                )
+        task = task.model_copy(update={"budget": policy.capped(task.budget)})
+        await self._append(task)
+        return task
 
     async def decide(
         self,
