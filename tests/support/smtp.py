@@ -23,6 +23,7 @@ class Mailbox:
         self.messages: list[EmailMessage] = []
         self.refuse: set[str] = set()
         self.port = 0
+        self._arrived = asyncio.Event()
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -37,12 +38,14 @@ class Mailbox:
         message = email.message_from_bytes(content, policy=email.policy.default)
         assert isinstance(message, EmailMessage)
         self.messages.append(message)
+        self._arrived.set()
         return "250 Message accepted for delivery"
 
-    async def wait_for(self, count: int, timeout: float = 60) -> list[EmailMessage]:
-        async with asyncio.timeout(timeout):
-            while len(self.messages) < count:
-                await asyncio.sleep(0.02)
+    async def wait_for(self, count: int) -> list[EmailMessage]:
+        """The messages once `count` have arrived (bound it with asyncio.timeout)."""
+        while len(self.messages) < count:
+            self._arrived.clear()
+            await self._arrived.wait()
         return list(self.messages)
 
 
