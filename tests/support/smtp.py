@@ -17,11 +17,16 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 
 class Mailbox:
-    """An aiosmtpd handler that stores what it receives; `refuse` rejects those recipients."""
+    """An aiosmtpd handler that stores what it receives; `refuse` rejects those recipients.
+
+    With `hold_first_s`, the reply to the first message is held back that long after the
+    message is stored: the sender cannot know yet that the email went out.
+    """
 
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
         self.refuse: set[str] = set()
+        self.hold_first_s = 0.0
         self.port = 0
         self._arrived = asyncio.Event()
 
@@ -39,6 +44,8 @@ class Mailbox:
         assert isinstance(message, EmailMessage)
         self.messages.append(message)
         self._arrived.set()
+        if len(self.messages) == 1 and self.hold_first_s:
+            await asyncio.sleep(self.hold_first_s)
         return "250 Message accepted for delivery"
 
     async def wait_for(self, count: int) -> list[EmailMessage]:
