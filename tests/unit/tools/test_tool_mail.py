@@ -20,9 +20,17 @@ EMAIL = {"to": "ops@example.org", "subject": "Hello", "body": "Body text\nline t
 async def test_sends_one_message_with_a_message_id_from_the_idempotency_key(mailbox: Mailbox) -> None:  # noqa: F811
     tool = SendEmailTool(SmtpSettings("127.0.0.1", mailbox.port, sender="agent@example.org"))
     result = await tool.run(EMAIL, CTX)
-    assert result.ok and result.data == {"sent": True, "to": "ops@example.org", "message_id": message_id("k" * 64)}
+    assert result.ok and result.data == {
+        "sent": True,
+        "to": "ops@example.org",
+        "message_id": message_id("k" * 64),
+    }
     [message] = mailbox.messages
-    assert (message["From"], message["To"], message["Subject"]) == ("agent@example.org", "ops@example.org", "Hello")
+    assert (message["From"], message["To"], message["Subject"]) == (
+        "agent@example.org",
+        "ops@example.org",
+        "Hello",
+    )
     assert message["Message-ID"] == message_id("k" * 64) and message["X-Agentstream-Run"] == "r1"
     assert message.get_content().splitlines() == ["Body text", "line two"]
     spec = tool.spec
