@@ -244,7 +244,6 @@ async def test_a_high_risk_call_never_runs_without_a_matching_approval(
     assert len(session.of(ToolCallDispatched)) == 1
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("on_expiry", ["deny", "fail"])
 async def test_an_unanswered_request_expires(
     session_factory: Callable[..., Any], server: ProviderServer, mailbox: Mailbox, on_expiry: str
