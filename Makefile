@@ -11,14 +11,19 @@ TEST_ENV = AGENTSTREAM_TEST_KAFKA=127.0.0.1:$${KAFKA_PORT:-19092} \
            AGENTSTREAM_TEST_WEAVIATE=127.0.0.1:$${WEAVIATE_PORT:-18080}:$${WEAVIATE_GRPC_PORT:-18051} \
            OPENBLAS_NUM_THREADS=1
 
-.PHONY: setup local-model demo lint test test-unit bench services-up services-down codegen
+.PHONY: setup browser local-model demo lint test test-unit bench services-up services-down codegen
 
-setup: local-model  ## install agentstream with every extra the tests use, and fetch the services
-	$(PYTHON) -m pip install --disable-pip-version-check -q -e '.[dev,kafka,cassandra,memory,weaviate]'
+setup: local-model browser  ## install agentstream with every extra the tests use, and fetch the services
+	$(PYTHON) -m pip install --disable-pip-version-check -q -e '.[dev,kafka,cassandra,memory,weaviate,gateway]'
 	bash $(SERVICES)/kafka.sh install
 	bash $(SERVICES)/registry.sh install
 	bash $(SERVICES)/weaviate.sh install
 	bash $(SERVICES)/cassandra.sh install
+
+browser:  ## Debian's chromium, which the web console's browser tests drive (Playwright never downloads one)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
 local-model:  ## llama-cpp-python (built once, cached) and the offline model weights
 	bash $(SERVICES)/local_model.sh install

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from projections.run_view import RunViews
 from streams.codec import EventCodec
 from streams.envelope import derived_event_id, now
-from streams.errors import PoisonEvent
+from streams.errors import HandlerRejected, PoisonEvent
 from streams.events import Event, EventMeta, TaskSubmitted
 from streams.log import EventLog
 from streams.topics import Topics
@@ -32,10 +32,6 @@ from streams.worker import Handler, HandlerContext
 
 RUN_NAMESPACE = uuid.UUID("3b0d6f8e-1c2a-5e4f-9a7b-6c5d4e3f2a10")
 """Namespace of derived run ids; part of the contract with upstream systems."""
-
-
-class InvalidTask(ValueError):
-    """A submitted task that can never become a run (no tenant, no goal)."""
 
 
 def run_id_for(tenant_id: str, upstream_key: str | None, event_id: str) -> str:
@@ -61,9 +57,9 @@ class TaskIntake(Handler):
             return []
         meta = event.meta
         if not meta.tenant_id.strip():
-            raise InvalidTask("a task needs a tenant_id")
+            raise HandlerRejected("a task needs a tenant_id")
         if not event.goal.strip():
-            raise InvalidTask("a task needs a goal")
+            raise HandlerRejected("a task needs a goal")
         run_id = run_id_for(meta.tenant_id, event.upstream_idempotency_key, meta.event_id)
         if event.upstream_idempotency_key and await self._submitted_before(event, ctx):
             return []
