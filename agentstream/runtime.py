@@ -16,14 +16,17 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from agentstream.config import Settings
+from agentstream.interventions import Interventions
 from handlers.evaluator import Evaluator
 from handlers.intake import TaskIntake
 from handlers.llm.base import ModelClient
 from handlers.planner import Planner, PlannerSettings, default_models
-from handlers.policy import ToolPolicy
+from handlers.policy import TenantPolicies, ToolPolicy
 from handlers.router import ToolRouter
 from handlers.tool_executor import ToolExecutor
 from handlers.tools.base import ToolRegistry, builtin_registry
+from handlers.tools.human import AskHumanTool
+from handlers.tools.mail import SendEmailTool, SmtpSettings
 from projections.blobs import BlobStore
 from projections.builtin import builtin_projections
 from projections.idempotency import IdempotencyLedger, open_ledger
@@ -35,7 +38,7 @@ from streams.codec import EventCodec
 from streams.envelope import new_run_id, root_meta
 from streams.errors import ConfigError
 from streams.events import Budget, Event, TaskSubmitted
-from streams.log import EventLog, OutgoingRecord
+from streams.log import EventLog
 from streams.partitioning import partition_for
 from streams.registry import SchemaRegistry, open_registry
 from streams.worker import Handler, Worker
@@ -87,17 +90,27 @@ class AgentRuntime:
         settings: Settings,
         *,
         registry: ToolRegistry | None = None,
-        policy: ToolPolicy | None = None,
+        policy: ToolPolicy | TenantPolicies | None = None,
         planner: PlannerSettings | None = None,
         models: Callable[[str], ModelClient] = default_models,
         member: str = "0",
         memory: bool | None = None,
+        smtp: SmtpSettings | None = None,
+        approval_scan_s: float = 1.0,
     ) -> None:
         """`memory`: True requires semantic memory, False leaves it out, None (default)
-        enables it when its extra (`agentstream[memory]`) is installed."""
+        enables it when its extra (`agentstream[memory]`) is installed. `smtp` (default:
+        from AGENTSTREAM_SMTP_*) enables `send_email`. `approval_scan_s` is how often the
+        approval timer looks for expired requests."""
         self.settings = settings
         self.tools = registry or builtin_registry()
-        self.policy = policy or ToolPolicy()
+        self.policies = TenantPolicies.of(policy)
+        self.policy = self.policies.default
+        smtp = smtp or SmtpSettings.from_env()
+        for tool in (AskHumanTool(), *([SendEmailTool(smtp)] if smtp else [])):
+            if tool.spec.name not in self.tools:
+                self.tools.register(tool)
+        self.approval_scan_s = approval_scan_s
         self.planner_settings = planner or PlannerSettings()
         self.models = models
         self.member = member
@@ -152,8 +165,8 @@ class AgentRuntime:
         self.planner = Planner(self.views, self.tools, self.planner_settings, self.models)
         self.handlers = [
             self.planner,
-            ToolRouter(self.views, self.tools, self.policy),
-            ToolExecutor(self.tools, self.ledger, self.blobs, self.policy),
+            ToolRouter(self.views, self.tools, self.policies),
+            ToolExecutor(self.tools, self.ledger, self.blobs, self.policies),
             Evaluator(self.views),
             *self.memory_handlers,
         ]
@@ -181,6 +194,7 @@ class AgentRuntime:
         self._tasks = [asyncio.create_task(self._serve(w), name=w.group) for w in self.workers]
         await self.projector.start()
         self._tasks.append(asyncio.create_task(self._project(), name="projector"))
+        self._tasks.append(asyncio.create_task(self._expire_approvals(), name="approval-timer"))
 
     async def _serve(self, worker: Worker) -> None:
         while not self._stop.is_set():
@@ -190,6 +204,25 @@ class AgentRuntime:
         while not self._stop.is_set():
             if not await self.projector.step():
                 await asyncio.sleep(0.05)
+
+    def interventions(self, producer: str = "cli") -> Interventions:
+        """Approve, deny, answer, cancel and change goals on this runtime's log."""
+        return Interventions(
+            self.log,
+            self.codec,
+            self.settings.topics,
+            self.store,
+            producer=producer,
+            views=RunViews(self.log, self.codec, self.settings.topics),
+        )
+
+    async def _expire_approvals(self) -> None:
+        """Decide requests nobody answered in time as expired; holds no worker meanwhile."""
+        timer = self.interventions("approval-timer")
+        while not self._stop.is_set():
+            await timer.expire_due()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.approval_scan_s)
 
     def check_health(self) -> None:
         """Raise the error of any worker that died."""
@@ -211,10 +244,8 @@ class AgentRuntime:
         await self.registry.aclose()
 
     async def submit(self, task: Task) -> str:
-        event = task.event()
-        topic = self.settings.topics.events
-        value = await self.codec.encode(topic, event)
-        await self.log.append([OutgoingRecord(topic, task.run_id.encode(), value)])
+        """Publish the task under its tenant's policy (see `Interventions.submit`)."""
+        await self.interventions().submit(task.event(), self.policies)
         return task.run_id
 
     async def follow(self, run_id: str, poll_s: float = 0.02) -> AsyncIterator[Event]:

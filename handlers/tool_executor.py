@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from handlers.policy import ToolPolicy
+from handlers.policy import TenantPolicies, ToolPolicy
 from handlers.stuck import FailsRunWhenStuck
 from handlers.tools.base import ToolContext, ToolError, ToolRegistry, ToolResult, canonical_json
 from projections.blobs import BlobStore
@@ -48,14 +48,14 @@ class ToolExecutor(FailsRunWhenStuck):
         registry: ToolRegistry,
         ledger: IdempotencyLedger,
         blobs: BlobStore,
-        policy: ToolPolicy | None = None,
+        policy: ToolPolicy | TenantPolicies | None = None,
         *,
         retry_base_delay_s: float = 0.2,
     ) -> None:
         self.registry = registry
         self.ledger = ledger
         self.blobs = blobs
-        self.policy = policy or ToolPolicy()
+        self.policies = TenantPolicies.of(policy)
         self.retry_base_delay_s = retry_base_delay_s
 
     async def _execute(self, event: ToolCallDispatched) -> ToolResult:
@@ -66,7 +66,7 @@ class ToolExecutor(FailsRunWhenStuck):
             tenant_id=event.meta.tenant_id,
             tool_call_id=event.tool_call_id,
             idempotency_key=event.idempotency_key,
-            network=self.policy.network,
+            network=self.policies.for_tenant(event.meta.tenant_id).network,
         )
         args = json.loads(event.arguments_json)
         timeout_s = event.timeout_ms / 1000 if event.timeout_ms > 0 else spec.timeout_s

@@ -1,7 +1,10 @@
 """The approvals inbox: requests waiting for a person, and how each was decided.
 
 A request is `pending` from its ApprovalRequested until its ApprovalDecided; the first
-decision is final (an expired request stays expired when a late approval arrives).
+decision is final (an expired request stays expired when a late approval arrives). A
+decision that names other arguments or another call than the request, or an approval
+that arrives after the request expired, settles nothing: the request stays pending
+(the same rule as `RunView`, which the tool router acts on).
 """
 
 from __future__ import annotations
@@ -105,7 +108,7 @@ class ApprovalsProjection(Projection):
                 reason=event.reason,
                 expires_at=event.expires_at,
             )
-        elif row["status"] == PENDING:
+        elif row["status"] == PENDING and _settles(row, event):
             row.update(
                 status=event.decision,
                 decided_digest=event.arguments_digest,
@@ -114,6 +117,15 @@ class ApprovalsProjection(Projection):
                 decided_at=meta.occurred_at,
             )
         txn.put(APPROVALS, row)
+
+
+def _settles(row: Row, decision: ApprovalDecided) -> bool:
+    if row.get("arguments_digest") is None:  # a decision seen before (or without) its request
+        return True
+    if (decision.tool_call_id, decision.arguments_digest) != (row["tool_call_id"], row["arguments_digest"]):
+        return False
+    expires_at = row.get("expires_at")
+    return not (decision.decision == "approved" and expires_at and decision.meta.occurred_at >= expires_at)
 
 
 class ApprovalInbox:

@@ -7,6 +7,7 @@ lets any projection store be rebuilt from offset 0 and compared with the live on
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,10 +19,12 @@ from streams.errors import PoisonEvent
 from streams.events import (
     AgentMessage,
     ApprovalDecided,
+    ApprovalDecisionIgnored,
     ApprovalRequested,
     BudgetCharged,
     Event,
     GoalChanged,
+    HumanAnswered,
     ObservationRecorded,
     PlanProposed,
     RunAborted,
@@ -42,7 +45,9 @@ from streams.topics import Topics
 
 RunStatus = Literal["running", "suspended", "completed", "failed", "aborted", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "aborted", "cancelled"})
-CallStatus = Literal["requested", "rejected", "awaiting_approval", "dispatched", "observed"]
+CallStatus = Literal["requested", "rejected", "awaiting_approval", "awaiting_human", "dispatched", "observed"]
+ApprovalStatus = Literal["pending", "approved", "denied", "expired"]
+DECISIONS: frozenset[str] = frozenset({"approved", "denied", "expired"})
 
 
 @dataclass
@@ -63,6 +68,31 @@ class CallView:
     @property
     def done(self) -> bool:
         return self.status in ("rejected", "observed")
+
+
+@dataclass
+class ApprovalView:
+    """One approval request of the run and the decision that settled it, if any.
+
+    Only the first decision that names the request's exact tool call and arguments digest
+    (and, for an approval, arrives before the request expires) settles it; every other
+    decision is listed in `RunView.ignored_decisions` with the reason.
+    """
+
+    approval_id: str
+    tool_call_id: str
+    tool: str
+    arguments_digest: str
+    risk_tier: str
+    expires_at: datetime | None = None
+    status: ApprovalStatus = "pending"
+    decided_by_event_id: str | None = None
+    reviewer: str | None = None
+    comment: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.status == "pending"
 
 
 @dataclass
@@ -108,6 +138,13 @@ class RunView:
     events: int = 0
     pending_approvals: dict[str, str] = field(default_factory=dict)
     """approval id -> tool call id, for requests not yet decided."""
+    approvals: dict[str, ApprovalView] = field(default_factory=dict)
+    """Every approval request of the run, by approval id."""
+    ignored_decisions: dict[str, str] = field(default_factory=dict)
+    """event id of an ApprovalDecided that settled nothing -> why it was ignored."""
+    questions: dict[str, str] = field(default_factory=dict)
+    """tool call id of an unanswered ask_human call -> its question."""
+    cancelled_by: str | None = None
     _calls: dict[str, CallView] = field(default_factory=dict, repr=False)
 
     @property
@@ -171,11 +208,24 @@ class RunView:
                     rejected.status = "rejected"
                     rejected.rejection = [event.reason, *event.errors]
             case ApprovalRequested():
-                self.pending_approvals[event.approval_id] = event.tool_call_id
-                if waiting := self._calls.get(event.tool_call_id):
-                    waiting.status = "awaiting_approval"
+                if event.approval_id not in self.approvals:
+                    self.approvals[event.approval_id] = ApprovalView(
+                        event.approval_id,
+                        event.tool_call_id,
+                        event.tool,
+                        event.arguments_digest,
+                        event.risk_tier,
+                        event.expires_at,
+                    )
+                    self.pending_approvals[event.approval_id] = event.tool_call_id
+                    if waiting := self._calls.get(event.tool_call_id):
+                        waiting.status = "awaiting_approval"
             case ApprovalDecided():
-                self.pending_approvals.pop(event.approval_id, None)
+                self._decide(event)
+            case ApprovalDecisionIgnored():
+                pass
+            case HumanAnswered():
+                self.questions.pop(event.tool_call_id, None)
             case ToolCallDispatched():
                 if dispatched := self._calls.get(event.tool_call_id):
                     dispatched.status = "dispatched"
@@ -204,6 +254,14 @@ class RunView:
             case RunSuspended():
                 if not self.terminal:
                     self.status = "suspended"
+                    asking = self._calls.get(event.tool_call_id or "")
+                    if event.reason == "ask_human" and asking is not None and not asking.done:
+                        asking.status = "awaiting_human"
+                        try:
+                            question = json.loads(asking.arguments_json).get("question", "")
+                        except (ValueError, AttributeError):
+                            question = asking.arguments_json
+                        self.questions[asking.tool_call_id] = str(question)
             case RunResumed():
                 if not self.terminal:
                     self.status = "running"
@@ -219,8 +277,44 @@ class RunView:
             case RunCancelled() if not self.terminal:
                 self.status = "cancelled"
                 self.error = event.reason
+                self.cancelled_by = event.requested_by
             case _:
                 pass
+
+    def _decide(self, event: ApprovalDecided) -> None:
+        reason = self.decision_problem(event)
+        if reason is not None:
+            self.ignored_decisions[event.meta.event_id] = reason
+            return
+        approval = self.approvals[event.approval_id]
+        approval.status = event.decision  # type: ignore[assignment]  # checked by decision_problem
+        approval.decided_by_event_id = event.meta.event_id
+        approval.reviewer = event.reviewer
+        approval.comment = event.comment
+        self.pending_approvals.pop(event.approval_id, None)
+
+    def decision_problem(self, event: ApprovalDecided) -> str | None:
+        """Why a decision would settle nothing, or None when it settles its request."""
+        approval = self.approvals.get(event.approval_id)
+        if approval is None:
+            return "unknown_approval"
+        if not approval.pending:
+            return f"already_{approval.status}"
+        if event.decision not in DECISIONS:
+            return "unknown_decision"
+        if event.tool_call_id != approval.tool_call_id:
+            return "tool_call_mismatch"
+        if event.arguments_digest != approval.arguments_digest:
+            return "digest_mismatch"
+        expires = approval.expires_at
+        if event.decision == "approved" and expires is not None and event.meta.occurred_at >= expires:
+            return "expired"
+        return None
+
+    @property
+    def waits(self) -> int:
+        """How many things the run waits for: undecided approvals and unanswered questions."""
+        return len(self.pending_approvals) + len(self.questions)
 
 
 class RunViews:

@@ -104,6 +104,22 @@ class ApprovalDecided(Event):
     """Reviewer's comment."""
 
 
+class ApprovalDecisionIgnored(Event):
+    """A decision that settled nothing: it named an unknown or already decided request, other arguments or another call, or it came too late. Nothing was dispatched."""
+
+    type_name: ClassVar[str] = "ApprovalDecisionIgnored"
+    fullname: ClassVar[str] = "agentstream.events.ApprovalDecisionIgnored"
+
+    approval_id: str
+    """The approval the decision named."""
+    tool_call_id: str
+    """The call the decision named."""
+    decision_event_id: str
+    """event_id of the ignored ApprovalDecided."""
+    reason: str
+    """Why it was ignored, for example 'digest_mismatch', 'already_approved', 'unknown_approval', 'expired'."""
+
+
 class ApprovalRequested(Event):
     """A call needs a person's approval before it may run."""
 
@@ -303,9 +319,11 @@ class RunSuspended(Event):
     fullname: ClassVar[str] = "agentstream.events.RunSuspended"
 
     reason: str
-    """What the run waits for, for example 'approval' or 'human_input'."""
+    """What the run waits for: 'approval' or 'ask_human'."""
     approval_id: str | None = None
     """The approval it waits for, if any."""
+    tool_call_id: str | None = None
+    """The call the run waits on (the call awaiting approval, or the ask_human call), if any."""
 
 
 class SandboxJobLaunched(Event):
@@ -455,6 +473,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     for cls in (
         AgentMessage,
         ApprovalDecided,
+        ApprovalDecisionIgnored,
         ApprovalRequested,
         BudgetCharged,
         GoalChanged,
