@@ -29,9 +29,23 @@ ROLES = ("submitter", "reviewer", "auditor")
     help="Also host the agent-loop workers, the intake and the projector in this process.",
 )
 @click.option("--model", "default_model", default="local:default", show_default=True, help="With --workers.")
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Policy JSON file (with --workers).",
+)
+@click.option("--allow-host", multiple=True, help="Host http_fetch may reach (with --workers; repeatable).")
 @click.pass_obj
 def gateway(
-    settings: Settings, host: str, port: int, tokens_file: str, workers: bool, default_model: str
+    settings: Settings,
+    host: str,
+    port: int,
+    tokens_file: str,
+    workers: bool,
+    default_model: str,
+    policy_file: str | None,
+    allow_host: tuple[str, ...],
 ) -> None:
     """Serve the HTTP API (/v1, /openapi.json) and the web console (/console/)."""
     try:
@@ -50,11 +64,14 @@ def gateway(
         raise click.BadParameter(str(exc), param_hint="--tokens") from exc
     factory = None
     if workers:
+        from agentstream.cli import _policy
         from agentstream.runtime import AgentRuntime
         from handlers.planner import PlannerSettings
 
+        policy = _policy(policy_file, allow_host)
+
         def factory() -> AgentRuntime:
-            return AgentRuntime(settings, planner=PlannerSettings(default_model=default_model))
+            return AgentRuntime(settings, policy=policy, planner=PlannerSettings(default_model=default_model))
 
     app = create_app(GatewayBackends(settings, runtime_factory=factory), tokens)
     click.echo(f"gateway on http://{host}:{port} ({len(tokens)} tokens, log {settings.log_url})", err=True)

@@ -120,11 +120,19 @@ class StepOut(BaseModel):
     calls: list[CallOut]
 
 
+class QuestionOut(BaseModel):
+    """An `ask_human` question waiting for a person's answer."""
+
+    tool_call_id: str
+    question: str
+
+
 class RunDetail(RunSummary):
-    """A run with its timeline of steps."""
+    """A run with its timeline of steps and the questions it waits on."""
 
     goal_history: list[str]
     timeline: list[StepOut]
+    questions: list[QuestionOut]
 
     @classmethod
     def of_view(cls, state: RunState, view: RunView | None) -> RunDetail:
@@ -132,6 +140,10 @@ class RunDetail(RunSummary):
         return cls(
             **RunSummary.of(state).model_dump(),
             goal_history=list(view.goal_history) if view is not None else [state.goal],
+            questions=[
+                QuestionOut(tool_call_id=call_id, question=text)
+                for call_id, text in (view.questions.items() if view is not None else ())
+            ],
             timeline=[
                 StepOut(
                     step=s.step,

@@ -101,7 +101,7 @@ def test_a_submitted_run_completes_and_its_timeline_and_events_are_served(gatewa
 
 def test_the_stream_delivers_events_as_they_are_appended(gateway: RunningGateway) -> None:
     with gateway.client("acme-submitter") as client:
-        run_id = submit(client, "call calculator {\"expression\": \"2 ** 10\"}").json()["run_id"]
+        run_id = submit(client, 'call calculator {"expression": "2 ** 10"}').json()["run_id"]
         gateway.wait_for_run("acme-submitter", run_id)
         streamed = sse_events(client, f"/v1/runs/{run_id}/events/stream")
     assert streamed[-1]["type"] == "RunCompleted"
@@ -141,7 +141,12 @@ def test_bad_requests_get_clear_errors_and_start_nothing(gateway: RunningGateway
         assert submit(client, "x", max_steps=0).status_code == 422
         bad_key = submit(client, "x", key="has space")
         assert bad_key.status_code == 422 and "Idempotency-Key" in bad_key.json()["error"]["message"]
-        assert client.post("/v1/runs", content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 422
+        assert (
+            client.post(
+                "/v1/runs", content=b"{not json", headers={"Content-Type": "application/json"}
+            ).status_code
+            == 422
+        )
         assert client.get("/v1/runs", params={"limit": 0}).status_code == 422
         assert client.get("/v1/approvals", params={"status": "maybe"}).status_code == 422
         missing = client.get("/v1/runs/no-such-run")
@@ -198,3 +203,198 @@ def test_the_api_is_documented(gateway: RunningGateway) -> None:
     post = spec["paths"]["/v1/runs"]["post"]
     assert any(p["name"] == "idempotency-key" for p in post["parameters"])
     assert {"202", "401", "403", "422"} <= set(post["responses"])
+
+
+DEPLOY = 'call deploy {"service": "billing"}'
+ASK = 'call ask_human {"question": "Which region?"}'
+
+
+def waiting_for_approval(run: dict) -> bool:
+    return bool(run["pending_approval_ids"])
+
+
+def waiting_for_answer(run: dict) -> bool:
+    return bool(run["questions"])
+
+
+def test_reviewers_decide_approvals_and_answer_questions(gateway: RunningGateway) -> None:
+    with gateway.client("acme-submitter") as submitter:
+        approved_run = submit(submitter, DEPLOY).json()["run_id"]
+        denied_run = submit(submitter, 'call deploy {"service": "payroll"}').json()["run_id"]
+        asking_run = submit(submitter, ASK).json()["run_id"]
+    for run_id in (approved_run, denied_run):
+        gateway.wait_for_run("acme-reviewer", run_id, until=waiting_for_approval)
+    with gateway.client("acme-reviewer") as reviewer:
+        pending = reviewer.get("/v1/approvals").json()["approvals"]
+        by_run = {a["run_id"]: a for a in pending}
+        assert set(by_run) == {approved_run, denied_run}
+        request = by_run[approved_run]
+        assert (request["tool"], json.loads(request["arguments_json"]), request["status"]) == (
+            "deploy",
+            {"service": "billing"},
+            "pending",
+        )
+        wrong_digest = reviewer.post(
+            f"/v1/approvals/{request['approval_id']}/decision",
+            json={"decision": "approved", "arguments_digest": "0" * 64},
+        )
+        assert wrong_digest.status_code == 409
+        decided = reviewer.post(
+            f"/v1/approvals/{request['approval_id']}/decision",
+            json={
+                "decision": "approved",
+                "comment": "ship it",
+                "arguments_digest": request["arguments_digest"],
+            },
+        )
+        assert decided.status_code == 202 and decided.json()["type"] == "ApprovalDecided"
+        denial = by_run[denied_run]
+        assert (
+            reviewer.post(
+                f"/v1/approvals/{denial['approval_id']}/decision",
+                json={"decision": "denied", "comment": "not today"},
+            ).status_code
+            == 202
+        )
+        twice = reviewer.post(f"/v1/approvals/{request['approval_id']}/decision", json={"decision": "denied"})
+        assert twice.status_code == 409 and "already" in twice.json()["error"]["message"]
+        assert reviewer.post("/v1/approvals/nope/decision", json={"decision": "approved"}).status_code == 404
+        assert (
+            reviewer.post(
+                f"/v1/approvals/{request['approval_id']}/decision", json={"decision": "maybe"}
+            ).status_code
+            == 422
+        )
+
+        question = gateway.wait_for_run("acme-reviewer", asking_run, until=waiting_for_answer)["questions"]
+        assert [q["question"] for q in question] == ["Which region?"]
+        assert reviewer.post(f"/v1/runs/{asking_run}/answers", json={"answer": ""}).status_code == 422
+        answered = reviewer.post(f"/v1/runs/{asking_run}/answers", json={"answer": "eu-west"})
+        assert answered.status_code == 202 and answered.json()["type"] == "HumanAnswered"
+
+    done = gateway.wait_for_run("acme-reviewer", approved_run, status="completed")
+    assert done["answer"] == 'finished: {"deployed":"billing"}'
+    denied = gateway.wait_for_run("acme-reviewer", denied_run, status="completed")
+    assert "not today" in denied["answer"]
+    answered_run = gateway.wait_for_run("acme-reviewer", asking_run, status="completed")
+    assert "eu-west" in answered_run["answer"]
+    with gateway.client("acme-auditor") as auditor:
+        history = auditor.get("/v1/approvals", params={"status": "all"}).json()["approvals"]
+        assert sorted((a["status"], a["reviewer"]) for a in history) == [
+            ("approved", "acme-reviewer"),
+            ("denied", "acme-reviewer"),
+        ]
+        assert auditor.get("/v1/approvals").json()["approvals"] == []
+        again = auditor.post(f"/v1/runs/{asking_run}/answers", json={"answer": "x"})
+        assert again.status_code == 403
+
+
+def test_submitters_change_goals_and_cancel_runs(gateway: RunningGateway) -> None:
+    with gateway.client("acme-submitter") as submitter:
+        run_id = submit(submitter, ASK).json()["run_id"]
+        gateway.wait_for_run("acme-submitter", run_id, until=waiting_for_answer)
+        assert submitter.post(f"/v1/runs/{run_id}/goal", json={"goal": ""}).status_code == 422
+        changed = submitter.post(f"/v1/runs/{run_id}/goal", json={"goal": "Ask about the region, then stop."})
+        assert changed.status_code == 202 and changed.json()["type"] == "GoalChanged"
+        run = gateway.wait_for_run("acme-submitter", run_id, until=lambda r: len(r["goal_history"]) == 2)
+        assert run["goal"] == "Ask about the region, then stop."
+        cancelled = submitter.post(f"/v1/runs/{run_id}/cancel", json={"reason": "no longer needed"})
+        assert cancelled.status_code == 202 and cancelled.json()["type"] == "RunCancelled"
+        streamed = sse_events(submitter, f"/v1/runs/{run_id}/events/stream")
+        assert streamed[-1]["type"] == "RunCancelled"
+        assert (streamed[-1]["reason"], streamed[-1]["requested_by"]) == (
+            "no longer needed",
+            "acme-submitter",
+        )
+        run = gateway.wait_for_run("acme-submitter", run_id, status="cancelled")
+        assert submitter.post(f"/v1/runs/{run_id}/goal", json={"goal": "again"}).status_code == 409
+        assert submitter.post("/v1/runs/unknown/cancel", json={}).status_code == 404
+
+
+def test_one_tenant_can_neither_read_nor_act_on_another_tenants_runs(gateway: RunningGateway) -> None:
+    with gateway.client("acme-submitter") as acme:
+        deploy_run = submit(acme, DEPLOY, key="acme-deploy-1").json()["run_id"]
+        asking_run = submit(acme, ASK).json()["run_id"]
+    gateway.wait_for_run("acme-reviewer", deploy_run, until=waiting_for_approval)
+    gateway.wait_for_run("acme-reviewer", asking_run, until=waiting_for_answer)
+    with gateway.client("acme-auditor") as auditor:
+        [approval] = auditor.get("/v1/approvals").json()["approvals"]
+        before = {r: auditor.get(f"/v1/runs/{r}/events").json()["events"] for r in (deploy_run, asking_run)}
+
+    hit: set[tuple[str, str]] = set()
+
+    def call(person: str, method: str, template: str, **kwargs: object) -> httpx.Response:
+        path = template.format(run_id=deploy_run, approval_id=approval["approval_id"])
+        hit.add((method, template))
+        with gateway.client(person) as client:
+            return client.request(method, path, **kwargs)  # type: ignore[arg-type]
+
+    def refused_as_unknown(response: httpx.Response, what: str) -> None:
+        assert response.status_code == 404, response.text
+        assert response.json()["error"]["code"] == "not_found"
+        assert deploy_run not in response.text.replace(f"no run {deploy_run}", "no run"), "no detail leaks"
+        assert response.json()["error"]["message"] in (f"no run {deploy_run}", f"no approval {what}")
+
+    for person in ("globex-submitter", "globex-reviewer", "globex-auditor"):
+        listed = call(person, "GET", "/v1/runs")
+        assert listed.status_code == 200 and listed.json()["runs"] == []
+        refused_as_unknown(call(person, "GET", "/v1/runs/{run_id}"), "")
+        refused_as_unknown(call(person, "GET", "/v1/runs/{run_id}/events"), "")
+        refused_as_unknown(call(person, "GET", "/v1/runs/{run_id}/events/stream"), "")
+        for status in ("pending", "all"):
+            inbox = call(person, "GET", "/v1/approvals", params={"status": status})
+            assert inbox.status_code == 200 and inbox.json()["approvals"] == []
+        assert call(person, "GET", "/v1/me").json()["tenant"] == "globex"
+    refused_as_unknown(call("globex-submitter", "POST", "/v1/runs/{run_id}/cancel", json={}), "")
+    refused_as_unknown(
+        call("globex-submitter", "POST", "/v1/runs/{run_id}/goal", json={"goal": "mine now"}), ""
+    )
+    refused_as_unknown(
+        call(
+            "globex-reviewer", "POST", "/v1/runs/{run_id}/answers", json={"answer": "x", "tool_call_id": "c1"}
+        ),
+        "",
+    )
+    with gateway.client("globex-reviewer") as globex:
+        hijack = globex.post(f"/v1/runs/{asking_run}/answers", json={"answer": "stolen"})
+        assert hijack.status_code == 404
+    refused_as_unknown(
+        call(
+            "globex-reviewer",
+            "POST",
+            "/v1/approvals/{approval_id}/decision",
+            json={"decision": "approved", "arguments_digest": approval["arguments_digest"]},
+        ),
+        approval["approval_id"],
+    )
+    # The same Idempotency-Key in another tenant is another run, never a window onto acme's.
+    theirs = call(
+        "globex-submitter",
+        "POST",
+        "/v1/runs",
+        json={"goal": DEPLOY},
+        headers={"Idempotency-Key": "acme-deploy-1"},
+    )
+    assert theirs.status_code == 202 and theirs.json()["run_id"] != deploy_run
+
+    with gateway.client() as anonymous:
+        operations = {
+            (method.upper(), path)
+            for path, item in anonymous.get("/openapi.json").json()["paths"].items()
+            for method in item
+            if path.startswith("/v1/")
+        }
+    assert hit == operations, f"endpoints not tried across tenants: {operations - hit}"
+
+    # Acme's runs are untouched: the same events, still waiting, and still acme's to settle.
+    with gateway.client("acme-auditor") as auditor:
+        after = {r: auditor.get(f"/v1/runs/{r}/events").json()["events"] for r in (deploy_run, asking_run)}
+    assert after == before
+    with gateway.client("acme-reviewer") as reviewer:
+        decided = reviewer.post(
+            f"/v1/approvals/{approval['approval_id']}/decision", json={"decision": "approved"}
+        )
+        assert decided.status_code == 202
+    assert gateway.wait_for_run("acme-reviewer", deploy_run, status="completed")["answer"] == (
+        'finished: {"deployed":"billing"}'
+    )

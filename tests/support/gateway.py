@@ -6,10 +6,11 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -19,6 +20,8 @@ from agentstream.gateway import GatewayBackends, TokenBook, create_app
 from agentstream.gateway.tokens import Role, issue
 from agentstream.runtime import AgentRuntime
 from handlers.planner import PlannerSettings
+from handlers.policy import ToolPolicy
+from handlers.tools.base import Tool, ToolContext, ToolRegistry, ToolResult, ToolSpec, builtin_registry
 
 MODEL = "openai:gpt-4o-mini"
 PEOPLE = {
@@ -29,6 +32,36 @@ PEOPLE = {
     "globex-reviewer": ("globex", Role.REVIEWER),
     "globex-auditor": ("globex", Role.AUDITOR),
 }
+
+
+class Deploy(Tool):
+    """A tool the test policy wants a person to approve before every call."""
+
+    @property
+    def spec(self) -> ToolSpec:
+        return ToolSpec(
+            name="deploy",
+            description="Deploys a service.",
+            parameters={
+                "type": "object",
+                "properties": {"service": {"type": "string"}},
+                "required": ["service"],
+                "additionalProperties": False,
+            },
+            idempotent=True,
+        )
+
+    async def run(self, args: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
+        return ToolResult.success({"deployed": args["service"]})
+
+
+def tools() -> ToolRegistry:
+    registry = builtin_registry()
+    registry.register(Deploy())
+    return registry
+
+
+APPROVE_DEPLOYS = ToolPolicy.build({"require_approval": ["deploy"]})
 
 
 @dataclass
@@ -43,14 +76,24 @@ class RunningGateway:
         headers = {"Authorization": f"Bearer {self.tokens[person]}"} if person else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=timeout, trust_env=False)
 
-    def wait_for_run(self, person: str, run_id: str, *, status: str | None = None, timeout: float = 60) -> dict:
-        """The run once it exists (and has `status`, if given), polled through the API."""
+    def wait_for_run(
+        self,
+        person: str,
+        run_id: str,
+        *,
+        status: str | None = None,
+        until: Callable[[dict[str, Any]], bool] = lambda run: True,
+        timeout: float = 60,
+    ) -> dict[str, Any]:
+        """The run once it exists (with `status`, and `until` true, if given), polled through the API."""
         deadline = time.monotonic() + timeout
         with self.client(person) as client:
             while True:
                 response = client.get(f"/v1/runs/{run_id}")
-                if response.status_code == 200 and status in (None, response.json()["status"]):
-                    return dict(response.json())
+                if response.status_code == 200:
+                    run: dict[str, Any] = response.json()
+                    if status in (None, run["status"]) and until(run):
+                        return run
                 if time.monotonic() > deadline:
                     raise AssertionError(f"run {run_id} not {status or 'there'}: {response.text}")
                 time.sleep(0.1)
@@ -61,12 +104,15 @@ def issue_tokens(path: Path) -> dict[str, str]:
 
 
 @contextmanager
-def serve_gateway(settings: Settings, tokens_file: Path, *, workers: bool = True) -> Iterator[RunningGateway]:
+def serve_gateway(
+    settings: Settings, tokens_file: Path, *, workers: bool = True, **runtime_options: Any
+) -> Iterator[RunningGateway]:
     """Serve a gateway until the block ends. The model is `MODEL` (point OPENAI_BASE_URL at a stand-in)."""
     tokens = issue_tokens(tokens_file)
 
     def runtime() -> AgentRuntime:
-        return AgentRuntime(settings, planner=PlannerSettings(default_model=MODEL), memory=False)
+        options: dict[str, Any] = {"registry": tools(), "policy": APPROVE_DEPLOYS, **runtime_options}
+        return AgentRuntime(settings, planner=PlannerSettings(default_model=MODEL), memory=False, **options)
 
     backends = GatewayBackends(settings, runtime_factory=runtime if workers else None, poll_s=0.05)
     app = create_app(backends, TokenBook.load(tokens_file))
