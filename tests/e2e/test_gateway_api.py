@@ -4,37 +4,13 @@ over an embedded log, with a model stand-in that answers from each run's goal.""
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from agentstream.config import Settings
-from streams.topics import Topics
-from tests.support.gateway import RunningGateway, serve_gateway
-from tests.support.goal_model import GoalModel
+from tests.support.gateway import RunningGateway
 
 pytestmark = [pytest.mark.gateway, pytest.mark.slow]
-
-
-@pytest.fixture
-def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningGateway]:
-    with GoalModel() as model:
-        monkeypatch.setenv("OPENAI_BASE_URL", model.base_url)
-        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-        home = tmp_path / "home"
-        settings = Settings(
-            home=home,
-            log_url=f"sqlite://{home}/log.db",
-            registry_url=f"sqlite://{home}/registry.db",
-            topics=Topics(prefix=f"g{uuid.uuid4().hex[:8]}", partitions=2),
-            store_url=f"sqlite://{home}/views.db",
-        )
-        with serve_gateway(settings, tmp_path / "tokens.json") as running:
-            yield running
 
 
 def submit(client: httpx.Client, goal: str, key: str | None = None, **fields: object) -> httpx.Response:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 
 from agentstream.config import Settings
@@ -22,6 +24,8 @@ from agentstream.runtime import AgentRuntime
 from handlers.planner import PlannerSettings
 from handlers.policy import ToolPolicy
 from handlers.tools.base import Tool, ToolContext, ToolRegistry, ToolResult, ToolSpec, builtin_registry
+from streams.topics import Topics
+from tests.support.goal_model import GoalModel
 
 MODEL = "openai:gpt-4o-mini"
 PEOPLE = {
@@ -97,6 +101,26 @@ class RunningGateway:
                 if time.monotonic() > deadline:
                     raise AssertionError(f"run {run_id} not {status or 'there'}: {response.text}")
                 time.sleep(0.1)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningGateway]:
+    """A gateway over a fresh embedded deployment, its model a `GoalModel`."""
+    with GoalModel() as model:
+        monkeypatch.setenv("OPENAI_BASE_URL", model.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        monkeypatch.delenv("AGENTSTREAM_PRICES", raising=False)
+        home = tmp_path / "home"
+        settings = Settings(
+            home=home,
+            log_url=f"sqlite://{home}/log.db",
+            registry_url=f"sqlite://{home}/registry.db",
+            topics=Topics(prefix=f"g{uuid.uuid4().hex[:8]}", partitions=2),
+            store_url=f"sqlite://{home}/views.db",
+        )
+        with serve_gateway(settings, tmp_path / "tokens.json") as running:
+            yield running
 
 
 def issue_tokens(path: Path) -> dict[str, str]:

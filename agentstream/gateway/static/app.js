@@ -35,7 +35,7 @@ async function api(path, options = {}) {
   return body;
 }
 
-function money(usd) { return `$${Number(usd || 0).toFixed(4)}`; }
+function money(usd) { return `$${Number(usd || 0).toFixed(6)}`; }
 function when(iso) { return iso ? new Date(iso).toLocaleString() : ""; }
 function statusBadge(status) { return el("span", { class: `status status-${status}` }, status); }
 
@@ -201,13 +201,14 @@ function runPage(page, runId, signal) {
   const refresh = async () => {
     try {
       const run = await api(`/v1/runs/${encodeURIComponent(runId)}`, { signal });
-      header.replaceChildren(
+      header.replaceChildren(...[
         el("h1", {}, run.goal),
         el("p", {}, statusBadge(run.status), ` · ${run.steps} steps · ${run.input_tokens + run.output_tokens} tokens · `,
           el("span", { id: "run-cost" }, money(run.cost_usd))),
         run.answer ? el("p", { id: "run-answer" }, "Answer: ", run.answer) : null,
         run.error ? el("p", { class: "error" }, run.error) : null,
-        el("p", { class: "muted" }, `run ${run.run_id} · created ${when(run.created_at)}`));
+        el("p", { class: "muted" }, `run ${run.run_id} · created ${when(run.created_at)}`),
+      ].filter((node) => node !== null));
       actions.replaceChildren(...(me.role === "submitter" && ["running", "suspended"].includes(run.status)
         ? [el("button", { type: "button", id: "cancel-run", onclick: () => act(`/v1/runs/${encodeURIComponent(runId)}/cancel`, {}) }, "Cancel run")]
         : []));
@@ -222,6 +223,12 @@ function runPage(page, runId, signal) {
       el("span", { class: "kind" }, ev.type), el("span", { class: "muted" }, when(ev.meta.occurred_at)),
       ...describe(ev).filter((x) => x !== null && x !== undefined && x !== "").map((x) => x instanceof Node ? x : el("div", {}, x)));
     if (ev.type === "ApprovalRequested" && me.role === "reviewer") item.append(decisionButtons(ev.approval_id, ev.arguments_digest, error));
+    if (ev.type === "ApprovalDecided") {
+      // A decided request takes no more decisions: its buttons go.
+      for (const buttons of timeline.querySelectorAll(".decision")) {
+        if (buttons.dataset.approvalId === ev.approval_id) buttons.remove();
+      }
+    }
     timeline.append(item);
     if (["BudgetCharged", "ApprovalDecided", "PlanProposed"].includes(ev.type) || TERMINAL.has(ev.type)) refresh();
   });
@@ -236,7 +243,7 @@ function decisionButtons(approvalId, digest, error, after) {
       if (after) after();
     } catch (e) { error.textContent = e.message; }
   };
-  return el("span", { class: "decision" },
+  return el("span", { class: "decision", "data-approval-id": approvalId },
     el("button", { type: "button", class: "approve", "data-approval-id": approvalId, onclick: () => decide("approved") }, "Approve"),
     " ",
     el("button", { type: "button", class: "deny", "data-approval-id": approvalId, onclick: () => decide("denied") }, "Deny"));
