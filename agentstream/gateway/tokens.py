@@ -68,12 +68,14 @@ class TokenBook:
         if not isinstance(entries, list):
             raise ConfigError(f'{path}: expected {{"tokens": [...]}}')
         for index, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{path}: token {index} is not an object")
             principals[_digest_of(entry, path, index)] = _principal_of(entry, path, index)
         return cls(principals)
 
 
-def _digest_of(entry: Any, path: str | Path, index: int) -> str:
-    value = entry.get("sha256") if isinstance(entry, dict) else None
+def _digest_of(entry: dict[str, Any], path: str | Path, index: int) -> str:
+    value = entry.get("sha256")
     if not isinstance(value, str) or len(value) != 64:
         raise ConfigError(f"{path}: token {index} needs a 64-hex-digit sha256")
     return value.lower()
