@@ -18,12 +18,16 @@ from streams.backends import open_log
 from streams.codec import EventCodec
 from streams.errors import PoisonEvent
 from streams.events import (
+    ApprovalDecided,
+    ApprovalRequested,
     BudgetCharged,
     Event,
     ObservationRecorded,
     PlanProposed,
     RunAborted,
+    RunCancelled,
     RunFailed,
+    RunSuspended,
     ScratchpadSummarized,
     ToolCallRejected,
     ToolCallRequested,
@@ -36,7 +40,7 @@ from streams.worker import Handler, Worker
 T = TypeVar("T")
 
 if TYPE_CHECKING:
-    from handlers.policy import ToolPolicy
+    from handlers.policy import TenantPolicies
     from handlers.tools.base import ToolRegistry
 
 
@@ -177,13 +181,14 @@ def _check_models(*specs: str | None) -> None:
             raise click.BadParameter(str(exc), param_hint="--model") from exc
 
 
-def _policy(policy_file: str | None, allow_host: tuple[str, ...]) -> ToolPolicy:
-    from handlers.policy import ToolPolicy
+def _policy(policy_file: str | None, allow_host: tuple[str, ...]) -> TenantPolicies:
+    """The tenants' policies from a policy file or directory (see handlers.policy)."""
+    from handlers.policy import TenantPolicies, ToolPolicy
 
     try:
         if policy_file:
-            return ToolPolicy.from_file(policy_file, allow_host)
-        return ToolPolicy.build({}, allow_host)
+            return TenantPolicies.load(policy_file, allow_host)
+        return TenantPolicies(ToolPolicy.build({}, allow_host))
     except (OSError, ValueError) as exc:
         raise click.BadParameter(str(exc), param_hint="--policy") from exc
 
@@ -223,9 +228,12 @@ def worker(settings: Settings, handler_ref: str, member: str, batch_size: int) -
 
 def _register_projections() -> None:
     from agentstream.cli_gateway import gateway, issue_token
+    from agentstream.cli_interventions import COMMANDS
     from agentstream.cli_projections import projections_cli
 
     main.add_command(projections_cli)
+    for command in COMMANDS:
+        main.add_command(command)
     main.add_command(gateway)
     main.add_command(issue_token)
 
@@ -313,6 +321,17 @@ class RunProgress:
                     c.print(f"  [dim]tokens {self.tokens} · ${self.cost:.4f}[/]")
             case ScratchpadSummarized():
                 c.print(f"  [dim]summarized steps 1-{event.up_to_step} ({event.method})[/]")
+            case ApprovalRequested():
+                c.print(
+                    f"  [magenta]⏸ {event.tool} needs approval[/] ({event.reason}):"
+                    f" agentstream approve {event.approval_id}  |  agentstream deny {event.approval_id}"
+                )
+            case ApprovalDecided():
+                c.print(f"  [magenta]{event.decision} by {event.reviewer}[/] {_short(event.comment)}")
+            case RunSuspended() if event.reason == "ask_human":
+                c.print(f"  [magenta]⏸ waiting for an answer:[/] agentstream answer {event.meta.run_id} TEXT")
+            case RunCancelled():
+                c.print(f"[bold red]cancelled[/] by {event.requested_by} {_short(event.reason)}")
             case RunAborted():
                 c.print(f"[bold red]aborted[/] {event.limit}: {event.reason}")
             case RunFailed():
@@ -331,7 +350,10 @@ class RunProgress:
 @click.option("--max-usd", type=float, help="Money budget of the run, in US dollars.")
 @click.option("--timeout", "timeout_s", type=float, help="Wall-clock limit of the run, in seconds.")
 @click.option(
-    "--policy", "policy_file", type=click.Path(exists=True, dir_okay=False), help="Policy JSON file."
+    "--policy",
+    "policy_file",
+    type=click.Path(exists=True),
+    help="Policy JSON file, or a directory of <tenant>.json policies.",
 )
 @click.option("--allow-host", multiple=True, help="Host http_fetch may reach (repeatable).")
 @click.option("--tool", "tool_refs", multiple=True, help="Extra tool, module:attribute (repeatable).")
@@ -413,7 +435,10 @@ def run(
     "--model", "default_model", default="local:default", show_default=True, help="Default model spec."
 )
 @click.option(
-    "--policy", "policy_file", type=click.Path(exists=True, dir_okay=False), help="Policy JSON file."
+    "--policy",
+    "policy_file",
+    type=click.Path(exists=True),
+    help="Policy JSON file, or a directory of <tenant>.json policies.",
 )
 @click.option("--allow-host", multiple=True, help="Host http_fetch may reach (repeatable).")
 @click.option("--tool", "tool_refs", multiple=True, help="Extra tool, module:attribute (repeatable).")

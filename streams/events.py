@@ -105,7 +105,7 @@ class ApprovalDecided(Event):
 
 
 class ApprovalDecisionIgnored(Event):
-    """A decision that settled nothing: it named an unknown or already decided request, other arguments or another call, or it came too late. Nothing was dispatched."""
+    """A decision that settled nothing (wrong call or arguments, decided or expired); nothing ran."""
 
     type_name: ClassVar[str] = "ApprovalDecisionIgnored"
     fullname: ClassVar[str] = "agentstream.events.ApprovalDecisionIgnored"
@@ -117,7 +117,7 @@ class ApprovalDecisionIgnored(Event):
     decision_event_id: str
     """event_id of the ignored ApprovalDecided."""
     reason: str
-    """Why it was ignored, for example 'digest_mismatch', 'already_approved', 'unknown_approval', 'expired'."""
+    """Why it was ignored, for example 'digest_mismatch' or 'already_approved'."""
 
 
 class ApprovalRequested(Event):

@@ -73,8 +73,8 @@ class Session:
     def of(self, kind: type[Any]) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]
 
-    async def wait(self, predicate: Callable[[list[Event]], bool], timeout: float = 60) -> None:
-        async with asyncio.timeout(timeout):
+    async def wait(self, predicate: Callable[[list[Event]], bool]) -> None:
+        async with asyncio.timeout(60):
             while not predicate(self.events):
                 self.runtime.check_health()
                 await asyncio.sleep(0.02)
@@ -146,10 +146,14 @@ async def test_an_approved_email_is_sent_once_and_the_run_completes(
     assert (await session.runtime.view(run_id)).status == "suspended"
 
     # The inbox lists it once the projector has caught up.
+    pending = await session.people.approvals("default")
     async with asyncio.timeout(30):
-        while not (pending := await session.people.approvals("default")):
+        while not pending:
             await asyncio.sleep(0.05)
-    assert [(a.approval_id, a.tool, a.run_id) for a in pending] == [(request.approval_id, "send_email", run_id)]
+            pending = await session.people.approvals("default")
+    assert [(a.approval_id, a.tool, a.run_id) for a in pending] == [
+        (request.approval_id, "send_email", run_id)
+    ]
     assert mailbox.messages == [] and not session.of(ToolCallDispatched)
 
     decided = await session.people.decide("default", request.approval_id, "approved", "alice", "go ahead")
@@ -204,12 +208,17 @@ async def test_a_high_risk_call_never_runs_without_a_matching_approval(
     assert mailbox.messages == [] and not session.of(ToolCallDispatched)
     with pytest.raises(InterventionError, match="other arguments"):
         await session.people.decide(
-            "default", first.approval_id, "approved", "bob", run_id=run_id, arguments_digest=forged.arguments_digest
+            "default",
+            first.approval_id,
+            "approved",
+            "bob",
+            run_id=run_id,
+            arguments_digest=forged.arguments_digest,
         )
 
     # The real approval sends exactly the approved email.
     approval = await session.people.decide("default", first.approval_id, "approved", "alice", run_id=run_id)
-    await mailbox.wait_for(1)
+    await asyncio.wait_for(mailbox.wait_for(1), 60)
     requests = await session.wait_type("ApprovalRequested", 2)
     second = requests[1]
     assert isinstance(second, ApprovalRequested)
@@ -217,7 +226,9 @@ async def test_a_high_risk_call_never_runs_without_a_matching_approval(
 
     # Replaying the old approval (as it was, or under a new event id) authorizes nothing new.
     await session.append(approval)
-    replayed = approval.model_copy(update={"meta": approval.meta.model_copy(update={"event_id": "replayed-1"})})
+    replayed = approval.model_copy(
+        update={"meta": approval.meta.model_copy(update={"event_id": "replayed-1"})}
+    )
     await session.append(replayed)
     ignored_all = await session.wait_type("ApprovalDecisionIgnored", 2)
     assert [(e.reason, e.decision_event_id) for e in ignored_all[1:]] == [("already_approved", "replayed-1")]  # type: ignore[attr-defined]
@@ -233,7 +244,6 @@ async def test_a_high_risk_call_never_runs_without_a_matching_approval(
     assert len(session.of(ToolCallDispatched)) == 1
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("on_expiry", ["deny", "fail"])
 async def test_an_unanswered_request_expires(
     session_factory: Callable[..., Any], server: ProviderServer, mailbox: Mailbox, on_expiry: str
@@ -269,7 +279,10 @@ async def test_policy_constraints_and_tiers_reject_before_any_approval(
         default=ToolPolicy.build({}),
         tenants={
             "acme": ToolPolicy.build(
-                {**MAIL_POLICY, "constraints": {"send_email": {"properties": {"to": {"pattern": "@example\\.org$"}}}}}
+                {
+                    **MAIL_POLICY,
+                    "constraints": {"send_email": {"properties": {"to": {"pattern": "@example\\.org$"}}}},
+                }
             )
         },
     )

@@ -17,12 +17,18 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 
 class Mailbox:
-    """An aiosmtpd handler that stores what it receives; `refuse` rejects those recipients."""
+    """An aiosmtpd handler that stores what it receives; `refuse` rejects those recipients.
+
+    With `hold_first_s`, the reply to the first message is held back that long after the
+    message is stored: the sender cannot know yet that the email went out.
+    """
 
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
         self.refuse: set[str] = set()
+        self.hold_first_s = 0.0
         self.port = 0
+        self._arrived = asyncio.Event()
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -37,12 +43,16 @@ class Mailbox:
         message = email.message_from_bytes(content, policy=email.policy.default)
         assert isinstance(message, EmailMessage)
         self.messages.append(message)
+        self._arrived.set()
+        if len(self.messages) == 1 and self.hold_first_s:
+            await asyncio.sleep(self.hold_first_s)
         return "250 Message accepted for delivery"
 
-    async def wait_for(self, count: int, timeout: float = 60) -> list[EmailMessage]:
-        async with asyncio.timeout(timeout):
-            while len(self.messages) < count:
-                await asyncio.sleep(0.02)
+    async def wait_for(self, count: int) -> list[EmailMessage]:
+        """The messages once `count` have arrived (bound it with asyncio.timeout)."""
+        while len(self.messages) < count:
+            self._arrived.clear()
+            await self._arrived.wait()
         return list(self.messages)
 
 
