@@ -18,9 +18,8 @@ ROLES = ("submitter", "reviewer", "auditor")
     "--tokens",
     "tokens_file",
     envvar="AGENTSTREAM_GATEWAY_TOKENS",
-    required=True,
     type=click.Path(dir_okay=False),
-    help="JSON file of token digests (agentstream issue-token).",
+    help="JSON file of token digests (agentstream issue-token). Without it every request is refused.",
 )
 @click.option(
     "--workers/--no-workers",
@@ -41,7 +40,7 @@ def gateway(
     settings: Settings,
     host: str,
     port: int,
-    tokens_file: str,
+    tokens_file: str | None,
     workers: bool,
     default_model: str,
     policy_file: str | None,
@@ -59,9 +58,11 @@ def gateway(
     from streams.errors import ConfigError
 
     try:
-        tokens = TokenBook.load(tokens_file)
+        tokens = TokenBook.load(tokens_file) if tokens_file else TokenBook({})
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--tokens") from exc
+    if not tokens_file:
+        click.echo("no --tokens file: every API request will be refused", err=True)
     factory = None
     if workers:
         from agentstream.cli import _policy

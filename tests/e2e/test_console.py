@@ -132,7 +132,13 @@ def test_a_run_needing_approval_is_approved_in_the_console_and_completes(
     reviewer.wait_for_selector("#run-summary .status-completed")
     timeline = reviewer.inner_text("#timeline")
     kinds = [li.get_attribute("data-type") for li in reviewer.query_selector_all("#timeline li")]
-    for kind in ("TaskSubmitted", "PlanProposed", "ToolCallRequested", "ApprovalRequested", "ApprovalDecided"):
+    for kind in (
+        "TaskSubmitted",
+        "PlanProposed",
+        "ToolCallRequested",
+        "ApprovalRequested",
+        "ApprovalDecided",
+    ):
         assert kind in kinds, kind
     assert kinds.index("ApprovalDecided") < kinds.index("ObservationRecorded") < kinds.index("RunCompleted")
     assert "approved by acme-reviewer" in timeline
