@@ -7,7 +7,7 @@ import uuid
 from handlers.intake import TaskIntake, run_id_for
 from projections.run_view import RunViews
 from streams.envelope import root_meta
-from streams.events import Budget, TaskSubmitted
+from streams.events import Budget, RunResumed, TaskSubmitted
 from streams.log import EventLog, OutgoingRecord
 from streams.worker import Worker
 from tests.support.backends import Backend
@@ -134,3 +134,40 @@ async def test_invalid_tasks_are_dead_lettered_and_start_nothing(backend: Backen
     assert [r.goal for r in runs] == ["real"]
     reasons = sorted(r.header("dlq.error").decode() for r in dead)
     assert reasons == ["HandlerRejected: a task needs a goal", "HandlerRejected: a task needs a tenant_id"]
+
+
+async def test_odd_records_and_keys_never_start_a_second_run(backend: Backend) -> None:
+    async with backend.open() as log:
+        for spec in backend.topics.specs():
+            await log.create_topic(spec)
+        codec = backend.codec()
+        intake = TaskIntake(log, codec, backend.topics, RunViews(log, codec, backend.topics))
+        worker = Worker(
+            log, codec, intake, topics=backend.topics, input_topics=[backend.topics.tasks], poll_timeout_s=0.5
+        )
+        await worker.start()
+        tasks = backend.topics.tasks
+
+        async def record(key: bytes | None, event: object) -> OutgoingRecord:
+            return OutgoingRecord(tasks, key, await codec.encode(tasks, event))  # type: ignore[arg-type]
+
+        try:
+            other = RunResumed(meta=root_meta("x", "acme", "upstream"), reason="not a task")
+            await log.append(
+                [
+                    OutgoingRecord(tasks, b"k2", b"not avro at all"),  # dead-lettered, skipped by the scan
+                    await record(b"k2", other),  # not a task: the intake ignores it
+                    await record(b"k2", task("acme", "two", "k2")),
+                    await record(None, task("acme", "three", "k3")),  # producers that set no record key
+                    await record(None, task("acme", "three", "k3")),
+                ]
+            )
+            await drain(worker)
+            # A copy keyed differently lands apart from the first: the events topic still knows the run.
+            await log.append([await record(b"somewhere-else", task("acme", "two", "k2"))])
+            await drain(worker)
+            runs = await started_runs(log, backend)
+        finally:
+            await worker.stop()
+    assert sorted(r.goal for r in runs) == ["three", "two"]
+    assert {r.meta.run_id for r in runs} == {run_id_for("acme", "k2", ""), run_id_for("acme", "k3", "")}
