@@ -13,10 +13,10 @@ TEST_ENV = AGENTSTREAM_TEST_KAFKA=127.0.0.1:$${KAFKA_PORT:-19092} \
            AGENTSTREAM_TEST_K8S=$(RUN_DIR)/k8s/kubeconfig \
            OPENBLAS_NUM_THREADS=1
 
-.PHONY: setup sandbox-deps local-model demo lint test test-unit bench services-up services-down codegen
+.PHONY: setup sandbox-deps browser local-model demo lint test test-unit bench services-up services-down codegen
 
-setup: local-model sandbox-deps  ## install agentstream with every extra the tests use, and fetch the services
-	$(PYTHON) -m pip install --disable-pip-version-check -q -e '.[dev,kafka,cassandra,memory,weaviate,k8s]'
+setup: local-model sandbox-deps browser  ## install agentstream with every extra the tests use, and fetch the services
+	$(PYTHON) -m pip install --disable-pip-version-check -q -e '.[dev,kafka,cassandra,memory,weaviate,k8s,gateway]'
 	bash $(SERVICES)/kafka.sh install
 	bash $(SERVICES)/registry.sh install
 	bash $(SERVICES)/weaviate.sh install
@@ -27,6 +27,11 @@ setup: local-model sandbox-deps  ## install agentstream with every extra the tes
 sandbox-deps:  ## bubblewrap and Debian's python3 for the local sandbox (apt, only when missing)
 	@command -v bwrap >/dev/null && test -x /usr/bin/python3 || \
 		{ apt-get update -qq && apt-get install -y -qq bubblewrap python3-minimal; }
+
+browser:  ## Debian's chromium, which the web console's browser tests drive (Playwright never downloads one)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
 local-model:  ## llama-cpp-python (built once, cached) and the offline model weights
 	bash $(SERVICES)/local_model.sh install

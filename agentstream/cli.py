@@ -227,12 +227,15 @@ def worker(settings: Settings, handler_ref: str, member: str, batch_size: int) -
 
 
 def _register_projections() -> None:
+    from agentstream.cli_gateway import gateway, issue_token
     from agentstream.cli_interventions import COMMANDS
     from agentstream.cli_projections import projections_cli
 
     main.add_command(projections_cli)
     for command in COMMANDS:
         main.add_command(command)
+    main.add_command(gateway)
+    main.add_command(issue_token)
 
 
 _register_projections()

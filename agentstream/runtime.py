@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from agentstream.config import Settings
 from agentstream.interventions import Interventions
 from handlers.evaluator import Evaluator
+from handlers.intake import TaskIntake
 from handlers.llm.base import ModelClient
 from handlers.planner import Planner, PlannerSettings, default_models
 from handlers.policy import TenantPolicies, ToolPolicy
@@ -180,6 +181,19 @@ class AgentRuntime:
             )
             for h in self.handlers
         ]
+        # The intake is the one handler that reads the tasks topic rather than the events topic.
+        self.intake = TaskIntake(self.log, self.codec, self.settings.topics, self.views)
+        self.workers.append(
+            Worker(
+                self.log,
+                self.codec,
+                self.intake,
+                topics=self.settings.topics,
+                input_topics=[self.settings.topics.tasks],
+                member=self.member,
+                poll_timeout_s=0.05,
+            )
+        )
         for worker in self.workers:
             await worker.start()
         self._tasks = [asyncio.create_task(self._serve(w), name=w.group) for w in self.workers]
