@@ -81,7 +81,9 @@ def test_default_render_has_every_component_locked_down(helm: str) -> None:
     assert config["AGENTSTREAM_SANDBOX_URL"] == "k8s://agents"
     [role] = by_kind(docs, "Role").values()
     resources = {r for rule in role["rules"] for r in rule["resources"]}
-    assert resources == {"jobs", "pods", "pods/log", "networkpolicies"}, "the launcher's needs and no more"
+    assert resources == {"jobs", "pods", "pods/log", "configmaps", "networkpolicies"}, (
+        "the launcher's needs and no more"
+    )
     assert all("*" not in rule["verbs"] for rule in role["rules"])
     [deny] = by_kind(docs, "NetworkPolicy").values()
     assert deny["spec"]["policyTypes"] == ["Ingress", "Egress"] and "egress" not in deny["spec"]
@@ -159,6 +161,7 @@ def test_the_chart_installs_on_a_real_api_server_and_uninstalls(helm: str, tmp_p
             "jobs",
             "pods",
             "pods/log",
+            "configmaps",
             "networkpolicies",
         }
         policies = {p.metadata.name for p in net.list_namespaced_network_policy(namespace).items}
