@@ -3,6 +3,7 @@ values with a clear message, and installs on a real kube-apiserver."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import uuid
 from collections.abc import Sequence
@@ -180,3 +181,76 @@ def test_the_chart_installs_on_a_real_api_server_and_uninstalls(helm: str, tmp_p
         core = client.CoreV1Api(api)
         core.delete_namespace(namespace)
         api.close()
+
+
+@pytest.mark.k8s
+async def test_the_charts_service_account_can_launch_and_cancel_jobs_and_nothing_more(helm: str) -> None:
+    """The Role is enough for the launcher and no wider: run it with the chart's own token."""
+    kubeconfig = service_address("AGENTSTREAM_TEST_K8S", "a Kubernetes API server (tests/services/k8s.sh)")
+    from kubernetes import client, config
+    from kubernetes.client.rest import ApiException
+
+    from sandbox_jobs.base import JobLimits, JobSpec, job_id_for
+    from sandbox_jobs.k8s import KubernetesLauncher
+
+    namespace = f"helm-{uuid.uuid4().hex[:8]}"
+    base = [helm, "--kubeconfig", kubeconfig, "--namespace", namespace]
+    installed = await asyncio.to_thread(
+        subprocess.run,
+        [*base, "install", "agents", str(CHART), "--create-namespace"],
+        capture_output=True,
+        text=True,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    admin = config.new_client_from_config(config_file=kubeconfig)
+    core = client.CoreV1Api(admin)
+    try:
+        token = core.create_namespaced_service_account_token(
+            "agents-agentstream",
+            namespace,
+            client.AuthenticationV1TokenRequest(
+                spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+            ),
+        ).status.token
+        settings = client.Configuration()
+        settings.host = admin.configuration.host
+        settings.ssl_ca_cert = admin.configuration.ssl_ca_cert
+        settings.api_key = {"authorization": f"Bearer {token}"}
+        as_workers = client.ApiClient(settings)
+        launcher = KubernetesLauncher(namespace, as_workers, ttl_after_finished_s=600)
+
+        def spec(key: str, limits: JobLimits | None = None) -> JobSpec:
+            return JobSpec(
+                job_id=job_id_for(key),
+                run_id="run-1",
+                tenant_id="acme",
+                tool_call_id=key,
+                argv=("python3", "-c", "print(1)"),
+                limits=limits or JobLimits(),
+                allowed_hosts=("203.0.113.7",),
+            )
+
+        done = spec(f"done-{namespace}")
+        await launcher.launch(done)
+        for _ in range(300):
+            if await launcher.result(done.job_id) is not None:
+                break
+            await asyncio.sleep(0.2)
+        result = await launcher.result(done.job_id)
+        assert result is not None and result.state == "succeeded"
+        stuck = spec(f"stuck-{namespace}", JobLimits(memory_mb=1024 * 1024))  # never scheduled
+        await launcher.launch(stuck)
+        await launcher.cancel(stuck.job_id)
+        assert await launcher.state(stuck.job_id) == "cancelled"
+        await launcher.delete(done.job_id)
+
+        with pytest.raises(ApiException) as denied:
+            client.CoreV1Api(as_workers).list_namespaced_secret(namespace)
+        assert denied.value.status == 403, "the workers' account reads no secrets"
+        with pytest.raises(ApiException) as denied:
+            client.CoreV1Api(as_workers).list_namespaced_pod("default")
+        assert denied.value.status == 403, "nor anything outside the sandbox namespace"
+        await launcher.aclose()
+    finally:
+        core.delete_namespace(namespace)
+        admin.close()
