@@ -8,6 +8,7 @@
 | AGENTSTREAM_STORE_URL     | sqlite://$AGENTSTREAM_HOME/views.db |
 | AGENTSTREAM_TOPIC_PREFIX  | agentstream                       |
 | AGENTSTREAM_PARTITIONS    | 4                                 |
+| AGENTSTREAM_SANDBOX_URL   | local://$AGENTSTREAM_HOME/sandbox |
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class Settings:
     topics: Topics
     store_url: str = ""
     """Where projections keep their views: sqlite:///PATH (cassandra://... later)."""
+    sandbox_url: str = ""
+    """Where sandboxed tools (run_python, run_shell) run their jobs: local://STATE_DIR or
+    k8s://NAMESPACE; empty leaves those tools out."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: str | None) -> Settings:
@@ -51,4 +55,7 @@ class Settings:
         store_url = (
             overrides.get("store_url") or env.get("AGENTSTREAM_STORE_URL") or f"sqlite://{home}/views.db"
         )
-        return cls(home, log_url, registry_url, Topics(prefix, partitions), store_url)
+        sandbox_url = (
+            overrides.get("sandbox_url") or env.get("AGENTSTREAM_SANDBOX_URL") or f"local://{home}/sandbox"
+        )
+        return cls(home, log_url, registry_url, Topics(prefix, partitions), store_url, sandbox_url)

@@ -2,8 +2,9 @@
 
 This is the embedded deployment (and what `agentstream run` and `agentstream serve` use):
 the planner, tool router, tool executor and evaluator each run as a member of their own
-consumer group over the configured log, and the projector keeps the views (run state,
-episodic, approvals, cost ledger) up to date, all in one asyncio loop.
+consumer group over the configured log, the job watcher records the results of sandboxed
+jobs, and the projector keeps the views (run state, episodic, approvals, cost ledger) up
+to date, all in one asyncio loop.
 """
 
 from __future__ import annotations
@@ -17,18 +18,21 @@ from typing import TYPE_CHECKING
 
 from agentstream.config import Settings
 from handlers.evaluator import Evaluator
+from handlers.job_watcher import JobWatcher
 from handlers.llm.base import ModelClient
 from handlers.planner import Planner, PlannerSettings, default_models
 from handlers.policy import ToolPolicy
 from handlers.router import ToolRouter
 from handlers.tool_executor import ToolExecutor
 from handlers.tools.base import ToolRegistry, builtin_registry
+from handlers.tools.sandbox import sandbox_tools
 from projections.blobs import BlobStore
 from projections.builtin import builtin_projections
 from projections.idempotency import IdempotencyLedger, open_ledger
 from projections.projector import Projection, Projector
 from projections.run_view import TERMINAL, RunView, RunViews
 from projections.stores import ProjectionStore, open_store
+from sandbox_jobs.base import SandboxLauncher, open_launcher
 from streams.backends import open_log
 from streams.codec import EventCodec
 from streams.envelope import new_run_id, root_meta
@@ -91,9 +95,11 @@ class AgentRuntime:
         models: Callable[[str], ModelClient] = default_models,
         member: str = "0",
         memory: bool | None = None,
+        launcher: SandboxLauncher | None = None,
     ) -> None:
         """`memory`: True requires semantic memory, False leaves it out, None (default)
-        enables it when its extra (`agentstream[memory]`) is installed."""
+        enables it when its extra (`agentstream[memory]`) is installed. `launcher` runs
+        sandboxed tools; by default the one `settings.sandbox_url` names (none if empty)."""
         self.settings = settings
         self.tools = registry or builtin_registry()
         self.policy = policy or ToolPolicy()
@@ -115,6 +121,23 @@ class AgentRuntime:
         self.projector = Projector(
             self.log, self.codec, self.store, projections, topic=settings.topics.events
         )
+        self.launcher = launcher
+        if self.launcher is None and settings.sandbox_url:
+            self.launcher = open_launcher(settings.sandbox_url)
+        self.watcher: JobWatcher | None = None
+        if self.launcher is not None:
+            for tool in sandbox_tools():
+                if tool.spec.name not in self.tools:
+                    self.tools.register(tool)
+            self.watcher = JobWatcher(
+                self.log,
+                self.codec,
+                RunViews(self.log, self.codec, settings.topics),
+                self.launcher,
+                self.blobs,
+                topics=settings.topics,
+                member=member,
+            )
         self.handlers: list[Handler] = []
         self.workers: list[Worker] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -152,7 +175,15 @@ class AgentRuntime:
         self.handlers = [
             self.planner,
             ToolRouter(self.views, self.tools, self.policy),
-            ToolExecutor(self.tools, self.ledger, self.blobs, self.policy),
+            ToolExecutor(
+                self.tools,
+                self.ledger,
+                self.blobs,
+                self.policy,
+                launcher=self.launcher,
+                launcher_kind=self.settings.sandbox_url.partition("://")[0] or "custom",
+                views=self.views,
+            ),
             Evaluator(self.views),
             *self.memory_handlers,
         ]
@@ -167,6 +198,9 @@ class AgentRuntime:
         self._tasks = [asyncio.create_task(self._serve(w), name=w.group) for w in self.workers]
         await self.projector.start()
         self._tasks.append(asyncio.create_task(self._project(), name="projector"))
+        if self.watcher is not None:
+            await self.watcher.start()
+            self._tasks.append(asyncio.create_task(self._watch(self.watcher), name=self.watcher.group))
 
     async def _serve(self, worker: Worker) -> None:
         while not self._stop.is_set():
@@ -175,6 +209,11 @@ class AgentRuntime:
     async def _project(self) -> None:
         while not self._stop.is_set():
             if not await self.projector.step():
+                await asyncio.sleep(0.05)
+
+    async def _watch(self, watcher: JobWatcher) -> None:
+        while not self._stop.is_set():
+            if not await watcher.step():
                 await asyncio.sleep(0.05)
 
     def check_health(self) -> None:
@@ -190,6 +229,10 @@ class AgentRuntime:
                 await asyncio.wait_for(task, 5)
         for worker in self.workers:
             await worker.stop()
+        if self.watcher is not None:
+            await self.watcher.stop()
+        if self.launcher is not None:
+            await self.launcher.aclose()
         await self.planner.aclose() if self.handlers else None
         await self.ledger.aclose()
         await self.store.close()
