@@ -8,7 +8,7 @@
 | AGENTSTREAM_STORE_URL     | sqlite://$AGENTSTREAM_HOME/views.db |
 | AGENTSTREAM_TOPIC_PREFIX  | agentstream                       |
 | AGENTSTREAM_PARTITIONS    | 4                                 |
-| AGENTSTREAM_SANDBOX_URL   | local://$AGENTSTREAM_HOME/sandbox |
+| AGENTSTREAM_SANDBOX_URL   | local://$AGENTSTREAM_HOME/jobs    |
 """
 
 from __future__ import annotations
@@ -56,6 +56,6 @@ class Settings:
             overrides.get("store_url") or env.get("AGENTSTREAM_STORE_URL") or f"sqlite://{home}/views.db"
         )
         sandbox_url = (
-            overrides.get("sandbox_url") or env.get("AGENTSTREAM_SANDBOX_URL") or f"local://{home}/sandbox"
+            overrides.get("sandbox_url") or env.get("AGENTSTREAM_SANDBOX_URL") or f"local://{home}/jobs"
         )
         return cls(home, log_url, registry_url, Topics(prefix, partitions), store_url, sandbox_url)

@@ -124,6 +124,7 @@ class AgentRuntime:
         self.launcher = launcher
         if self.launcher is None and settings.sandbox_url:
             self.launcher = open_launcher(settings.sandbox_url)
+        self._launcher_kind = settings.sandbox_url.partition("://")[0] or "custom"
         self.watcher: JobWatcher | None = None
         if self.launcher is not None:
             for tool in sandbox_tools():
@@ -181,8 +182,10 @@ class AgentRuntime:
                 self.blobs,
                 self.policy,
                 launcher=self.launcher,
-                launcher_kind=self.settings.sandbox_url.partition("://")[0] or "custom",
+                launcher_kind=self._launcher_kind,
                 views=self.views,
+                # The local launcher has no egress control: its jobs get no network at all.
+                job_egress=self._launcher_kind != "local",
             ),
             Evaluator(self.views),
             *self.memory_handlers,

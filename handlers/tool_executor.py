@@ -10,6 +10,7 @@ output of a large one goes to the blob store and the observation carries its han
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
@@ -66,10 +67,13 @@ class ToolExecutor(FailsRunWhenStuck):
         launcher: SandboxLauncher | None = None,
         launcher_kind: str = "local",
         views: RunViews | None = None,
+        job_egress: bool = True,
     ) -> None:
         """``launcher`` runs sandboxed tools (without one they fail with a clear error);
         ``launcher_kind`` is its URL scheme, recorded on SandboxJobLaunched; ``views``, when
-        given, lets a redelivered dispatch of an already observed call launch nothing."""
+        given, lets a redelivered dispatch of an already observed call launch nothing.
+        ``job_egress``: the launcher enforces an egress allowlist, so jobs get the policy's
+        hosts; without it jobs get no network at all."""
         self.registry = registry
         self.ledger = ledger
         self.blobs = blobs
@@ -78,6 +82,7 @@ class ToolExecutor(FailsRunWhenStuck):
         self.launcher = launcher
         self.launcher_kind = launcher_kind
         self.views = views
+        self.job_egress = job_egress
 
     def _tool_context(self, event: ToolCallDispatched) -> ToolContext:
         return ToolContext(
@@ -125,6 +130,8 @@ class ToolExecutor(FailsRunWhenStuck):
             return self._observed(event, ctx, failure, 0)
         try:
             spec = tool.job_spec(json.loads(event.arguments_json), self._tool_context(event))
+            if not self.job_egress:
+                spec = dataclasses.replace(spec, allowed_hosts=())
         except (ToolError, ValueError) as exc:
             return self._observed(event, ctx, ToolResult.failure(f"{event.tool}: {exc}"), 0)
         try:
