@@ -189,5 +189,5 @@ def job_outcome(result: JobResult, *, run_status: str = "running") -> ToolResult
     else:
         error = f"the run is {run_status}; the job was stopped and its result discarded"
     if result.reason:
-        error += f": {result.reason}"
+        error = result.reason if error in result.reason else f"{error}: {result.reason}"
     return ToolResult.failure(error, data)

@@ -142,6 +142,7 @@ def test_exit_zero_is_a_success_carrying_output_and_exit_code() -> None:
     ("job", "error"),
     [
         (result(state="failed", exit_code=3, stderr="boom"), "exited with code 3"),
+        (result(state="failed", exit_code=3, reason="exited with code 3"), "exited with code 3"),
         (
             result(state="failed", exit_code=None, reason="wall-clock limit of 1s exceeded"),
             "the job ended without an exit code: wall-clock limit of 1s exceeded",
