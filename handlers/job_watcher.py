@@ -75,6 +75,7 @@ class JobWatcher:
         member: str = "0",
         poll_timeout_s: float = 0.05,
         check_every_s: float = 0.2,
+        batch_size: int = 500,
     ) -> None:
         self.log = log_
         self.codec = codec
@@ -86,6 +87,7 @@ class JobWatcher:
         self.member = member
         self.poll_timeout_s = poll_timeout_s
         self.check_every_s = check_every_s
+        self.batch_size = batch_size
         self.recorded = 0
         """Observations this watcher appended (for tests and metrics)."""
         self._consumer: GroupConsumer | None = None
@@ -123,7 +125,7 @@ class JobWatcher:
         """Read what was appended, then check pending jobs; returns how much it did."""
         assert self._consumer is not None, "start() the watcher first"
         try:
-            records = await self._consumer.poll(500, self.poll_timeout_s)
+            records = await self._consumer.poll(self.batch_size, self.poll_timeout_s)
             for record in records:
                 await self._read(record)
             recorded = 0

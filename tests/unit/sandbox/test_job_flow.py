@@ -61,9 +61,16 @@ class Rig:
             [OutgoingRecord(topic, e.meta.run_id.encode(), await self.codec.encode(topic, e)) for e in events]
         )
 
-    def watcher(self) -> JobWatcher:
+    def watcher(self, batch_size: int = 500) -> JobWatcher:
         return JobWatcher(
-            self.log, self.codec, self.views, self.launcher, self.blobs, topics=self.topics, check_every_s=0
+            self.log,
+            self.codec,
+            self.views,
+            self.launcher,
+            self.blobs,
+            topics=self.topics,
+            check_every_s=0,
+            batch_size=batch_size,
         )
 
     async def events(self, run_id: str, type_name: str) -> list[Event]:
@@ -229,7 +236,9 @@ async def test_a_restarted_watcher_reattaches_and_never_records_twice(rig: Rig) 
     assert first.pending == 1, "the slow job still runs"
     await first.stop()  # dies; its resume point is still at the slow launch, before the fast one
 
-    second = rig.watcher()
+    # One record per step: it checks the fast job (gone from the launcher once recorded) after
+    # re-reading its launch and before reading its observation; only the log says it is done.
+    second = rig.watcher(batch_size=1)
     await second.start()
     await watch_until(rig, second, idle=3)
     await second.stop()
