@@ -24,7 +24,6 @@ but a job of a dead run is never reported as a success.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -110,16 +109,6 @@ class JobWatcher:
             await self._consumer.stop()
             self._consumer = None
         self._forget()
-
-    async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Watch until ``stop`` is set (or forever)."""
-        await self.start()
-        try:
-            while stop is None or not stop.is_set():
-                if not await self.step():
-                    await asyncio.sleep(self.poll_timeout_s)
-        finally:
-            await self.stop()
 
     async def step(self) -> int:
         """Read what was appended, then check pending jobs; returns how much it did."""

@@ -14,7 +14,7 @@ import pytest
 from handlers.job_watcher import JobWatcher
 from handlers.policy import ToolPolicy
 from handlers.tool_executor import ToolExecutor
-from handlers.tools.base import ToolRegistry, canonical_json, idempotency_key
+from handlers.tools.base import NetworkPolicy, ToolRegistry, canonical_json, idempotency_key
 from handlers.tools.calculator import CalculatorTool
 from handlers.tools.sandbox import sandbox_tools
 from projections.blobs import BlobStore
@@ -24,6 +24,7 @@ from sandbox_jobs.base import job_id_for
 from streams.backends import open_log
 from streams.codec import EventCodec
 from streams.envelope import caused_by, root_meta
+from streams.errors import EventLogError, RetryableHandlerError
 from streams.events import (
     Budget,
     Event,
@@ -332,3 +333,155 @@ async def test_a_job_the_launcher_lost_is_recorded_as_failed(rig: Rig) -> None:
     assert isinstance(observed, ObservationRecorded)
     assert not observed.ok
     assert observed.error == "the job ended without an exit code: the job is gone from the launcher"
+
+
+async def test_a_launch_appended_after_the_run_ended_still_gets_its_job_stopped(rig: Rig) -> None:
+    # The executor checked the run, the run was cancelled, then the launch was committed.
+    task = submitted()
+    *head, dispatched = call(task, "run_shell", {"command": "sleep 30"})
+    await rig.append(task, *head, dispatched)
+    launched = await rig.executor.handle(dispatched, context(dispatched))
+    await rig.append(RunCancelled(meta=caused_by(task.meta, "person", 0), requested_by="me"), *launched)
+    watcher = rig.watcher()
+    await watcher.start()
+    await watch_until(rig, watcher)
+    await watcher.stop()
+    assert rig.launcher.cancels == [launched[0].job_id]  # type: ignore[attr-defined]
+    [observed] = await rig.events(task.meta.run_id, "ObservationRecorded")
+    assert isinstance(observed, ObservationRecorded) and not observed.ok
+
+
+async def test_an_observation_read_before_the_check_closes_the_launch(rig: Rig) -> None:
+    task = submitted()
+    *head, dispatched = call(task, "run_shell", {"command": "echo once"})
+    await rig.append(task, *head, dispatched)
+    [launched] = await dispatch(rig, dispatched)
+    assert isinstance(launched, SandboxJobLaunched)
+    # Recorded by a previous owner of the partition, whose resume point stayed behind.
+    await rig.append(
+        ObservationRecorded(
+            meta=caused_by(launched.meta, "sandbox-watcher", 0),
+            step=1,
+            tool_call_id="c1",
+            tool="run_shell",
+            ok=True,
+        )
+    )
+    watcher = JobWatcher(
+        rig.log, rig.codec, rig.views, rig.launcher, rig.blobs, topics=rig.topics, check_every_s=3600
+    )
+    await watcher.start()
+    watcher._last_check = float("inf")  # reads, never checks
+    await watcher.step()
+    assert watcher.pending == 0
+    await watcher.stop()
+    assert rig.launcher.deleted == [launched.job_id]
+    assert len(await rig.events(task.meta.run_id, "ObservationRecorded")) == 1
+
+
+async def test_undecodable_records_are_left_to_the_dead_letter_path(rig: Rig) -> None:
+    await rig.log.append([OutgoingRecord(rig.topics.events, b"run-x", b"not avro")])
+    watcher = rig.watcher()
+    await watcher.start()
+    assert await watcher.step() == 1
+    assert watcher.pending == 0
+    await watcher.stop()
+
+
+async def test_a_failed_commit_is_retried_from_the_committed_offsets(rig: Rig) -> None:
+    task = submitted()
+    *head, dispatched = call(task, "run_shell", {"command": "echo hi"})
+    await rig.append(task, *head, dispatched)
+    await dispatch(rig, dispatched)
+    watcher = rig.watcher()
+    await watcher.start()
+    consumer = watcher._consumer
+    assert consumer is not None
+    real_commit = consumer.commit
+    failures: list[int] = []
+
+    async def commit_failing_once(*args: object) -> None:
+        if not failures:
+            failures.append(1)
+            raise EventLogError("partitions were reassigned mid-batch", retryable=True)
+        await real_commit(*args)  # type: ignore[arg-type]
+
+    consumer.commit = commit_failing_once  # type: ignore[method-assign]
+    async with asyncio.timeout(20):
+        while not await rig.events(task.meta.run_id, "ObservationRecorded"):
+            await watcher.step()
+            await asyncio.sleep(0.01)
+    assert failures == [1]
+    consumer.commit = real_commit  # type: ignore[method-assign]
+    await watcher.stop()
+    assert len(await rig.events(task.meta.run_id, "ObservationRecorded")) == 1
+
+
+async def test_a_permanent_log_error_stops_the_watcher(rig: Rig) -> None:
+    watcher = rig.watcher()
+    await watcher.start()
+    consumer = watcher._consumer
+    assert consumer is not None
+
+    async def broken_poll(*args: object) -> list[LogRecord]:
+        raise EventLogError("disk full")
+
+    consumer.poll = broken_poll  # type: ignore[method-assign]
+    with pytest.raises(EventLogError, match="disk full"):
+        await watcher.step()
+    await watcher.stop()
+
+
+async def test_a_job_that_cannot_be_deleted_is_still_recorded(rig: Rig) -> None:
+    async def refuse(job_id: str) -> None:
+        raise OSError("busy")
+
+    rig.launcher.delete = refuse  # type: ignore[method-assign]
+    task = submitted()
+    *head, dispatched = call(task, "run_shell", {"command": "echo kept"})
+    await rig.append(task, *head, dispatched)
+    await dispatch(rig, dispatched)
+    watcher = rig.watcher()
+    await watcher.start()
+    await watch_until(rig, watcher)
+    await watcher.stop()
+    [observed] = await rig.events(task.meta.run_id, "ObservationRecorded")
+    assert isinstance(observed, ObservationRecorded) and observed.ok
+
+
+async def test_arguments_the_router_would_refuse_fail_without_a_launch(rig: Rig) -> None:
+    task = submitted()
+    *head, dispatched = call(task, "run_shell", {"command": "true", "timeout_s": 10_000})
+    await rig.append(task, *head)
+    [observed, _] = await rig.executor.handle(dispatched, context(dispatched))
+    assert isinstance(observed, ObservationRecorded)
+    assert observed.error == "run_shell: timeout_s must be in (0, 300]"
+    assert rig.launcher.launches == []
+
+
+async def test_an_unreachable_launcher_is_retried(rig: Rig) -> None:
+    async def unreachable(spec: object) -> None:
+        raise ConnectionRefusedError("connection refused")
+
+    rig.launcher.launch = unreachable  # type: ignore[method-assign]
+    task = submitted()
+    *head, dispatched = call(task, "run_shell", {"command": "true"})
+    await rig.append(task, *head)
+    with pytest.raises(RetryableHandlerError, match="connection refused"):
+        await rig.executor.handle(dispatched, context(dispatched))
+
+
+async def test_jobs_get_the_allowlist_only_from_a_launcher_with_egress_control(rig: Rig) -> None:
+    rig.executor.policy = ToolPolicy(network=NetworkPolicy(allowed_hosts=("example.org", "169.254.169.254")))
+    task = submitted()
+    *head, dispatched = call(task, "run_shell", {"command": "true"})
+    await rig.append(task, *head)
+    [launched] = await rig.executor.handle(dispatched, context(dispatched))
+    assert isinstance(launched, SandboxJobLaunched)
+    assert rig.launcher.jobs[launched.job_id].spec.allowed_hosts == ("example.org",)
+
+    rig.executor.job_egress = False
+    *_, other = call(task, "run_shell", {"command": "false"}, "c2")
+    [launched] = await rig.executor.handle(other, context(other))
+    assert isinstance(launched, SandboxJobLaunched)
+    assert rig.launcher.jobs[launched.job_id].spec.allowed_hosts == ()
