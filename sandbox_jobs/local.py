@@ -186,7 +186,7 @@ class LocalLauncher(SandboxLauncher):
 
     def _bwrap_path(self) -> str:
         found = self._bwrap or shutil.which("bwrap") or shutil.which("bwrap", path=os.defpath)
-        if not found:
+        if not found or not os.access(found, os.X_OK):
             raise LaunchError("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
         return found
 

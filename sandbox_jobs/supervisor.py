@@ -132,6 +132,28 @@ def claim(job_dir: str, wait_s: float = 5.0) -> int | None:
     return lock_fd
 
 
+def kill_uid(uid: int | None) -> None:
+    """SIGKILL every process of the job's own host uid: as that uid, kill(-1) reaches
+    exactly the job's processes, wherever they are, and nothing else."""
+    if uid is None:
+        return
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child exits by os._exit
+        code = 0
+        try:
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            for _ in range(3):  # a process forking at the instant of the first sweep is caught by the next
+                try:
+                    os.kill(-1, signal.SIGKILL)
+                except ProcessLookupError:
+                    break
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.waitpid(pid, 0)
+
+
 def _exec_sandbox(job: dict[str, Any], stdin_fd: int, out_fd: int, err_fd: int) -> None:
     """In the forked child: become the job's host uid, set the rlimits, exec bwrap."""
     try:
@@ -254,8 +276,10 @@ def supervise(job_dir: str) -> dict[str, Any]:
             if killed_at is None:
                 killed_at = time.monotonic()
                 reason, state = why, as_state
-                # bwrap's pid 1 dies with it (--die-with-parent), and the pid namespace with pid 1.
+                # bwrap's pid 1 dies with it (--die-with-parent), and the pid namespace with pid 1;
+                # but not if bwrap dies before pid 1 has armed its death signal: hence kill_uid.
                 os.kill(child, signal.SIGKILL)
+                kill_uid(job["uid"])
 
         while status is None or open_fds:
             now = time.monotonic()
@@ -291,6 +315,8 @@ def supervise(job_dir: str) -> dict[str, Any]:
                 if done:
                     status = raw
 
+        if killed_at is not None:
+            kill_uid(job["uid"])
         out, err = streams[out_r], streams[err_r]
         stderr = err.text()
         assert status is not None
