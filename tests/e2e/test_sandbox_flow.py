@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -36,10 +35,10 @@ from streams.events import (
 )
 from streams.log import OutgoingRecord
 from streams.registry import EmbeddedSchemaRegistry
-from tests.conftest import IN_CI
 from tests.llm_servers import ProviderServer, openai_reply
 from tests.support.backends import Backend
 from tests.support.counting_launcher import CountingLauncher
+from tests.support.sandbox import leftover_processes, require_bwrap
 from tests.support.scripted_provider import ConversationalProvider
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,10 +48,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(autouse=True)
 def bubblewrap() -> None:
-    if shutil.which("bwrap") is None:
-        if IN_CI:
-            pytest.fail("the sandbox tests need bubblewrap (bwrap) in CI")
-        pytest.skip("bubblewrap (bwrap) is not installed")
+    require_bwrap()
 
 
 @pytest.fixture
@@ -218,6 +214,7 @@ async def test_cancelling_a_run_stops_its_job_and_records_no_success(
     data = json.loads(observed.data_json or "")
     assert data["state"] == "cancelled", "the launcher stopped the job; it did not run to its end"
     assert "never" not in data["stdout"]
+    assert await leftover_processes(launched.job_id) == [], "nothing of the job runs on"
     assert (await agent.runtime.view(run_id)).status == "cancelled"
     assert len(server.requests) == 1, "the model is not asked again for a cancelled run"
 
