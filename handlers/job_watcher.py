@@ -13,9 +13,9 @@ Why it is crash-proof:
 - A re-read launch may already have its observation (the watcher died after appending
   it); before appending, the watcher reads the run from the log and skips calls that are
   observed. The observation and the new resume point commit in one atomic step.
-- One watcher per partition: consumer-group membership keeps two from racing, and a
-  commit after a rebalance fails, after which the watcher forgets everything and re-reads
-  from the committed offsets.
+- One watcher per partition: consumer-group membership keeps two from racing. When its
+  partitions change (a rebalance), or a commit fails because they changed mid-step, the
+  watcher forgets everything and re-reads from the committed offsets.
 
 A run that ends (cancelled, aborted, failed, completed) gets its in-flight jobs stopped.
 Their observation is recorded with ok=false: the call is closed on the log for the audit,
@@ -90,10 +90,11 @@ class JobWatcher:
         self.recorded = 0
         """Observations this watcher appended (for tests and metrics)."""
         self._consumer: GroupConsumer | None = None
-        self._pending: dict[str, _Launch] = {}  # by tool call id
+        self._pending: dict[tuple[str, str], _Launch] = {}  # by run id and tool call id
         self._positions: dict[TopicPartition, int] = {}  # next offset after what was read
         self._committed: dict[TopicPartition, int] = {}
         self._last_check = 0.0
+        self._assigned: frozenset[TopicPartition] | None = None
 
     @property
     def pending(self) -> int:
@@ -103,6 +104,7 @@ class JobWatcher:
     async def start(self) -> None:
         self._consumer = self.log.consumer(self.group, [self.topics.events], member=self.member)
         await self._consumer.start()
+        self._assigned = self._consumer.assigned()
 
     async def stop(self) -> None:
         if self._consumer is not None:
@@ -115,6 +117,14 @@ class JobWatcher:
         assert self._consumer is not None, "start() the watcher first"
         try:
             records = await self._consumer.poll(self.batch_size, self.poll_timeout_s)
+            assigned = self._consumer.assigned()
+            if assigned != self._assigned:
+                # Partitions moved to or from another member: what this watcher knows may
+                # be another's now, so it starts over from the committed offsets.
+                self._forget()
+                self._assigned = assigned
+                await self._consumer.rewind()
+                return 0
             for record in records:
                 await self._read(record)
             recorded = 0
@@ -148,9 +158,10 @@ class JobWatcher:
         except PoisonEvent:
             return  # the handlers' workers dead-letter it
         if isinstance(event, SandboxJobLaunched):
-            self._pending.setdefault(event.tool_call_id, _Launch(event, record.position, record.offset))
+            key = (event.meta.run_id, event.tool_call_id)
+            self._pending.setdefault(key, _Launch(event, record.position, record.offset))
         elif isinstance(event, ObservationRecorded):
-            if (done := self._pending.pop(event.tool_call_id, None)) is not None:
+            if (done := self._pending.pop((event.meta.run_id, event.tool_call_id), None)) is not None:
                 await self._forget_job(done.event.job_id)
         elif event.type_name in _ENDS_RUN:
             for launch in self._pending.values():
@@ -177,7 +188,7 @@ class JobWatcher:
             return 0
         view = await self.views.view(launch.event.meta.run_id)
         call = view.call(launch.event.tool_call_id)
-        del self._pending[launch.event.tool_call_id]
+        del self._pending[launch.event.meta.run_id, launch.event.tool_call_id]
         if call is not None and call.status == "observed":
             await self._commit([])  # recorded before a crash or by someone else: never twice
             await self._forget_job(job_id)

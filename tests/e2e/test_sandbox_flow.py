@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,13 @@ import pytest
 
 from agentstream.config import Settings
 from agentstream.runtime import AgentRuntime, Task
+from handlers.job_watcher import JobWatcher
 from handlers.llm.base import ModelClient, RetryingModel, RetryPolicy, resolve_model
+from handlers.tool_executor import ToolExecutor
+from handlers.tools.base import ToolRegistry, idempotency_key
+from handlers.tools.sandbox import sandbox_tools
+from projections.blobs import BlobStore
+from projections.idempotency import SqliteIdempotencyLedger
 from projections.run_view import RunViews
 from sandbox_jobs.base import open_launcher
 from streams.backends import open_log
@@ -32,9 +39,12 @@ from streams.events import (
     RunCancelled,
     SandboxJobLaunched,
     ToolCallDispatched,
+    ToolCallRequested,
 )
-from streams.log import OutgoingRecord
+from streams.log import LogRecord, OutgoingRecord
 from streams.registry import EmbeddedSchemaRegistry
+from streams.topics import Topics
+from streams.worker import HandlerContext
 from tests.llm_servers import ProviderServer, openai_reply
 from tests.support.backends import Backend
 from tests.support.counting_launcher import CountingLauncher
@@ -305,3 +315,84 @@ async def test_a_job_outlives_a_killed_agent_and_is_recorded_once(backend: Backe
     ]
     assert all(e.ok for e in observed)
     assert len({e.meta.event_id for e in events}) == len(events), "no event appended twice"
+
+
+# --------------------------------------------------------------------------- two watchers
+
+
+@pytest.mark.integration
+@pytest.mark.kafka
+async def test_two_watchers_share_the_partitions_and_record_each_job_once(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A second watcher joins the group while jobs run: partitions move between them, and
+    still every job's result is recorded exactly once."""
+    topics = Topics(prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3)
+    log = open_log(f"kafka://{kafka_bootstrap}")
+    for spec in topics.specs():
+        await log.create_topic(spec)
+    codec = EventCodec(EmbeddedSchemaRegistry(tmp_path / "registry.db"))
+    views = RunViews(log, codec, topics)
+    launcher = open_launcher(f"local://{tmp_path}/jobs")
+    blobs = BlobStore(tmp_path / "blobs")
+    registry = ToolRegistry(sandbox_tools())
+    ledger = SqliteIdempotencyLedger(tmp_path / "ledger.db")
+    executor = ToolExecutor(registry, ledger, blobs, launcher=launcher, views=views)
+    runs: list[str] = []
+    for n in range(6):
+        task = Task(goal=f"job {n}")
+        args = {"command": f"sleep 2; echo {n}"}
+        request = ToolCallRequested(
+            meta=caused_by(task.event().meta, "planner", 0), step=1, tool_call_id="c1", tool="run_shell",
+            arguments_json=json.dumps(args),
+        )  # fmt: skip
+        dispatched = ToolCallDispatched(
+            meta=caused_by(request.meta, "tool-router", 0), step=1, tool_call_id="c1", tool="run_shell",
+            arguments_json=json.dumps(args), idempotency_key=idempotency_key(task.run_id, 1, "run_shell", args),
+            timeout_ms=30_000,
+        )  # fmt: skip
+        record = LogRecord(topics.events, 0, 0, None, b"", (), 0)
+        launched = await executor.handle(dispatched, HandlerContext("tool-executor", record, dispatched, 1))
+        topic = topics.events
+        await log.append(
+            [
+                OutgoingRecord(topic, task.run_id.encode(), await codec.encode(topic, e))
+                for e in (task.event(), request, dispatched, *launched)
+            ]
+        )
+        runs.append(task.run_id)
+
+    def watcher(member: str) -> JobWatcher:
+        return JobWatcher(
+            log, codec, RunViews(log, codec, topics), launcher, blobs, topics=topics, member=member
+        )
+
+    first, second = watcher("a"), watcher("b")
+    await first.start()
+    try:
+
+        async def observed() -> dict[str, int]:
+            counts = {}
+            for run_id in runs:
+                counts[run_id] = sum(
+                    1 for e in await views.events(run_id) if e.type_name == "ObservationRecorded"
+                )
+            return counts
+
+        async with asyncio.timeout(120):
+            while not first.pending:  # the first one has picked up launches
+                await first.step()
+            await second.start()
+            while min((await observed()).values()) < 1:
+                await asyncio.gather(first.step(), second.step())
+                await asyncio.sleep(0.05)
+            for _ in range(20):  # anything recorded twice would show up now
+                await asyncio.gather(first.step(), second.step())
+        assert await observed() == dict.fromkeys(runs, 1)
+        assert first.recorded + second.recorded == len(runs)
+    finally:
+        await first.stop()
+        await second.stop()
+        await ledger.aclose()
+        await launcher.aclose()
+        await log.close()

@@ -485,3 +485,19 @@ async def test_jobs_get_the_allowlist_only_from_a_launcher_with_egress_control(r
     [launched] = await rig.executor.handle(other, context(other))
     assert isinstance(launched, SandboxJobLaunched)
     assert rig.launcher.jobs[launched.job_id].spec.allowed_hosts == ()
+
+
+async def test_runs_with_the_same_call_ids_get_their_own_observations(rig: Rig) -> None:
+    tasks = [submitted("run-a"), submitted("run-b")]
+    for n, task in enumerate(tasks):
+        *head, dispatched = call(task, "run_shell", {"command": f"echo {n}"})
+        await rig.append(task, *head, dispatched)
+        await dispatch(rig, dispatched)
+    watcher = rig.watcher()
+    await watcher.start()
+    await watch_until(rig, watcher)
+    await watcher.stop()
+    for n, task in enumerate(tasks):
+        [observed] = await rig.events(task.meta.run_id, "ObservationRecorded")
+        assert isinstance(observed, ObservationRecorded)
+        assert json.loads(observed.data_json or "")["stdout"] == f"{n}\n"
