@@ -24,7 +24,6 @@ but a job of a dead run is never reported as a success.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ class _Launch:
     event: SandboxJobLaunched
     position: TopicPartition
     offset: int
+    run_ended: bool = False
     stop_requested: bool = False
 
 
@@ -158,33 +158,48 @@ class JobWatcher:
         except PoisonEvent:
             return  # the handlers' workers dead-letter it
         if isinstance(event, SandboxJobLaunched):
-            key = (event.meta.run_id, event.tool_call_id)
-            self._pending.setdefault(key, _Launch(event, record.position, record.offset))
+            await self._launched(event, record)
         elif isinstance(event, ObservationRecorded):
             if (done := self._pending.pop((event.meta.run_id, event.tool_call_id), None)) is not None:
                 await self._forget_job(done.event.job_id)
         elif event.type_name in _ENDS_RUN:
             for launch in self._pending.values():
                 if launch.event.meta.run_id == event.meta.run_id:
-                    await self._request_stop(launch)
+                    launch.run_ended = True
 
-    async def _request_stop(self, launch: _Launch) -> None:
-        with contextlib.suppress(JobNotFound):
+    async def _launched(self, event: SandboxJobLaunched, record: LogRecord) -> None:
+        key = (event.meta.run_id, event.tool_call_id)
+        if key in self._pending:
+            return  # a duplicate launch of the same call: the same job
+        view = await self.views.view(event.meta.run_id)
+        call = view.call(event.tool_call_id)
+        if call is not None and call.status == "observed":
+            await self._forget_job(event.job_id)  # re-read after its result was recorded
+            return
+        # A run may have ended before this launch was committed (the executor raced a
+        # cancel): its end is then behind this launch in the log, seen only in the view.
+        self._pending[key] = _Launch(event, record.position, record.offset, run_ended=view.terminal)
+
+    async def _stop(self, launch: _Launch) -> None:
+        try:
             await self.launcher.cancel(launch.event.job_id)
+        except JobNotFound:
+            pass
+        except Exception as exc:  # tried again at the next check
+            log.warning("could not stop sandbox job %s: %s", launch.event.job_id, exc)
+            return
         launch.stop_requested = True
 
     async def _check(self, launch: _Launch) -> int:
         """Record the job's result if it has finished; returns 1 if it recorded one."""
         job_id = launch.event.job_id
+        if launch.run_ended and not launch.stop_requested:
+            await self._stop(launch)
         try:
             result = await self.launcher.result(job_id)
         except JobNotFound:
             result = JobResult(job_id, "failed", None, "", "", reason="the job is gone from the launcher")
         if result is None:
-            if not launch.stop_requested:
-                view = await self.views.view(launch.event.meta.run_id)
-                if view.terminal:  # the run ended while this watcher was not looking
-                    await self._request_stop(launch)
             return 0
         view = await self.views.view(launch.event.meta.run_id)
         call = view.call(launch.event.tool_call_id)

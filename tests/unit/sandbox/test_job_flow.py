@@ -27,6 +27,7 @@ from streams.envelope import caused_by, root_meta
 from streams.errors import EventLogError, RetryableHandlerError
 from streams.events import (
     Budget,
+    BudgetCharged,
     Event,
     ObservationRecorded,
     PlanProposed,
@@ -501,3 +502,61 @@ async def test_runs_with_the_same_call_ids_get_their_own_observations(rig: Rig) 
         [observed] = await rig.events(task.meta.run_id, "ObservationRecorded")
         assert isinstance(observed, ObservationRecorded)
         assert json.loads(observed.data_json or "")["stdout"] == f"{n}\n"
+
+
+async def test_a_result_recorded_elsewhere_after_the_launch_was_read_is_not_recorded_again(rig: Rig) -> None:
+    task = submitted()
+    *head, dispatched = call(task, "run_shell", {"command": "echo hi"})
+    await rig.append(task, *head, dispatched)
+    [launched] = await dispatch(rig, dispatched)
+    assert isinstance(launched, SandboxJobLaunched)
+    watcher = rig.watcher(batch_size=1)
+    watcher.check_every_s = 3600
+    await watcher.start()
+    while watcher.pending == 0:
+        await watcher.step()
+    job = rig.launcher.jobs[launched.job_id].task
+    assert job is not None
+    await asyncio.wait_for(job, 20)  # the job has finished
+    # Meanwhile a previous owner of the partition recorded it; this watcher checks the job
+    # before it has read that observation.
+    filler = BudgetCharged(meta=caused_by(task.meta, "planner", 7), step=1, usage=Usage(), source="model")
+    elsewhere = ObservationRecorded(
+        meta=caused_by(launched.meta, "sandbox-watcher", 0),
+        step=1,
+        tool_call_id="c1",
+        tool="run_shell",
+        ok=True,
+    )
+    await rig.append(filler, elsewhere)
+    watcher.check_every_s = 0
+    await watcher.step()
+    assert watcher.pending == 0
+    assert watcher.recorded == 0
+    await watcher.stop()
+    assert len(await rig.events(task.meta.run_id, "ObservationRecorded")) == 1
+
+
+async def test_a_stop_that_fails_is_tried_again(rig: Rig) -> None:
+    task = submitted()
+    *head, dispatched = call(task, "run_shell", {"command": "sleep 30"})
+    await rig.append(task, *head, dispatched)
+    await dispatch(rig, dispatched)
+    real_cancel = rig.launcher.cancel
+    attempts: list[str] = []
+
+    async def flaky_cancel(job_id: str) -> None:
+        attempts.append(job_id)
+        if len(attempts) == 1:
+            raise OSError("launcher busy")
+        await real_cancel(job_id)
+
+    rig.launcher.cancel = flaky_cancel  # type: ignore[method-assign]
+    await rig.append(RunCancelled(meta=caused_by(task.meta, "person", 0), requested_by="me"))
+    watcher = rig.watcher()
+    await watcher.start()
+    await watch_until(rig, watcher)
+    await watcher.stop()
+    assert len(attempts) == 2
+    [observed] = await rig.events(task.meta.run_id, "ObservationRecorded")
+    assert isinstance(observed, ObservationRecorded) and not observed.ok
