@@ -11,14 +11,18 @@ TEST_ENV = AGENTSTREAM_TEST_KAFKA=127.0.0.1:$${KAFKA_PORT:-19092} \
            AGENTSTREAM_TEST_WEAVIATE=127.0.0.1:$${WEAVIATE_PORT:-18080}:$${WEAVIATE_GRPC_PORT:-18051} \
            OPENBLAS_NUM_THREADS=1
 
-.PHONY: setup local-model demo lint test test-unit bench services-up services-down codegen
+.PHONY: setup sandbox-deps local-model demo lint test test-unit bench services-up services-down codegen
 
-setup: local-model  ## install agentstream with every extra the tests use, and fetch the services
+setup: local-model sandbox-deps  ## install agentstream with every extra the tests use, and fetch the services
 	$(PYTHON) -m pip install --disable-pip-version-check -q -e '.[dev,kafka,cassandra,memory,weaviate]'
 	bash $(SERVICES)/kafka.sh install
 	bash $(SERVICES)/registry.sh install
 	bash $(SERVICES)/weaviate.sh install
 	bash $(SERVICES)/cassandra.sh install
+
+sandbox-deps:  ## bubblewrap and Debian's python3 for the local sandbox (apt, only when missing)
+	@command -v bwrap >/dev/null && test -x /usr/bin/python3 || \
+		{ apt-get update -qq && apt-get install -y -qq bubblewrap python3-minimal; }
 
 local-model:  ## llama-cpp-python (built once, cached) and the offline model weights
 	bash $(SERVICES)/local_model.sh install

@@ -38,9 +38,13 @@ PID_FILE = "pid"
 CANCEL_FILE = "cancel"
 RESULT_FILE = "result"
 LOG_FILE = "supervisor.log"
+HOST_LOG_FILE = ".host.log"
 
 KILL_GRACE_S = 5.0
 """How long output is still drained after the sandbox was killed."""
+
+CANCEL_POLL_S = 0.5
+"""The supervisor looks for a cancel file at least this often, signal or not."""
 
 FLOOD_FACTOR = 16
 """Output past the cap is read and dropped; past this many caps the job is killed."""
@@ -83,28 +87,24 @@ def publish_result(job_dir: str, result: dict[str, Any]) -> bool:
 
     The file is complete before it gets its name (link(2) never replaces), so a reader
     sees no result or a whole one, and a second writer (cancel racing the supervisor, a
-    reader recording a dead supervisor) cannot overwrite the first.
+    reader recording a dead supervisor) cannot overwrite the first. No fsync: this must
+    survive the death of processes, which it does; a machine crash ends every job anyway,
+    and a job has no effect outside its sandbox, so a result lost with the machine only
+    reads as a failed job (an unreadable one too, see the launcher).
     """
     tmp = os.path.join(job_dir, f".result.{os.getpid()}.{time.monotonic_ns()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, marshal.dumps(result))
-        os.fsync(fd)
     finally:
         os.close(fd)
     try:
         os.link(tmp, os.path.join(job_dir, RESULT_FILE))
-        won = True
+        return True
     except FileExistsError:
-        won = False
+        return False
     finally:
         os.unlink(tmp)
-    dir_fd = os.open(job_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return won
 
 
 def claim(job_dir: str, wait_s: float = 5.0) -> int | None:
@@ -154,21 +154,44 @@ def kill_uid(uid: int | None) -> None:
     os.waitpid(pid, 0)
 
 
-def _exec_sandbox(job: dict[str, Any], stdin_fd: int, out_fd: int, err_fd: int) -> None:
-    """In the forked child: become the job's host uid, set the rlimits, exec bwrap."""
+def processes_of(uid: int) -> int:
+    """How many processes the host uid has now."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                count += os.stat(f"/proc/{entry}").st_uid == uid
+            except OSError:
+                continue
+    return count
+
+
+def _exec_sandbox(job: dict[str, Any], stdin_fd: int, out_fd: int, err_fd: int) -> None:  # pragma: no cover
+    """In the forked child: become the job's host uid, set the rlimits, exec bwrap.
+    (Coverage cannot see it: the child execs, its measurements are never written.)"""
     try:
         os.dup2(stdin_fd, 0)
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
+        argv = job["argv"]
+        if job.get("seccomp"):  # bwrap reads the filter from a descriptor, to its end
+            filter_r, filter_w = os.pipe()
+            os.write(filter_w, job["seccomp"])
+            os.close(filter_w)
+            os.set_inheritable(filter_r, True)
+            end = argv.index("--")
+            argv = [*argv[:end], "--seccomp", str(filter_r), *argv[end:]]
         uid = job["uid"]
         if uid is not None:
             os.setgroups([])
             os.setresgid(uid, uid, uid)
             os.setresuid(uid, uid, uid)
         limits = job["limits"]
-        # RLIMIT_NPROC counts every process of the host uid: bwrap and its pid-1 reaper too.
+        # RLIMIT_NPROC counts every process of the host uid: bwrap and its pid-1 reaper too,
+        # and, without a uid of the job's own (launcher not root), all the user's others.
+        nproc = limits["processes"] + 2 + (processes_of(os.getuid()) if uid is None else 0)
         rlimits = (
-            (resource.RLIMIT_NPROC, limits["processes"] + 2, limits["processes"] + 2),
+            (resource.RLIMIT_NPROC, nproc, nproc),
             (resource.RLIMIT_NOFILE, limits["open_files"], limits["open_files"]),
             (resource.RLIMIT_CPU, limits["cpu_s"], limits["cpu_s"] + 1),
             (resource.RLIMIT_AS, limits["memory_mb"] << 20, limits["memory_mb"] << 20),
@@ -178,7 +201,7 @@ def _exec_sandbox(job: dict[str, Any], stdin_fd: int, out_fd: int, err_fd: int) 
         for which, soft, hard in rlimits:
             resource.setrlimit(which, (soft, hard))
         os.chdir("/")
-        os.execve(job["argv"][0], job["argv"], job["env"])
+        os.execve(argv[0], argv, job["env"])
     except BaseException as exc:
         os.write(2, f"sandbox: could not start bwrap: {exc}\n".encode())
     finally:
@@ -288,10 +311,9 @@ def supervise(job_dir: str) -> dict[str, Any]:
             if killed_at is not None and now >= killed_at + KILL_GRACE_S and status is not None:
                 break
             limit = deadline if killed_at is None else killed_at + KILL_GRACE_S
-            try:
-                ready, _, _ = select.select([*open_fds, wake_r], [], [], max(0.0, limit - now))
-            except InterruptedError:  # pragma: no cover - select retries by itself (PEP 475)
-                ready = []
+            # Waking now and then to look for a cancel file costs a stat; it covers a signal lost.
+            timeout = min(max(0.0, limit - now), CANCEL_POLL_S)
+            ready, _, _ = select.select([*open_fds, wake_r], [], [], timeout)
             for fd in ready:
                 if fd == wake_r:
                     while True:
@@ -307,7 +329,8 @@ def supervise(job_dir: str) -> dict[str, Any]:
                     continue
                 streams[fd].add(data)
                 if streams[fd].dropped > flood:
-                    kill(f"output limit exceeded: more than {flood} bytes on {names[fd]}; killed")
+                    cap = limits["output_bytes"]
+                    kill(f"output flood: {names[fd]} went over {flood} bytes past its cap of {cap}; killed")
             if killed_at is None and os.path.exists(cancel_path):
                 kill("cancelled", "cancelled")
             if status is None:
@@ -349,27 +372,138 @@ def _finish(job_dir: str, result: dict[str, Any], started: float) -> dict[str, A
     return result
 
 
+def run_claimed(job_dir: str, lock_fd: int) -> int:
+    """Supervise a job this process has claimed; a crash is recorded as the job's result,
+    so the job never stays "running" in a reader's eyes. Releases the claim's lock."""
+    try:
+        supervise(job_dir)
+        return 0
+    except BaseException as exc:
+        reason = f"the supervisor failed: {exc!r}"
+        publish_result(job_dir, outcome(os.path.basename(job_dir), "failed", None, reason))
+        sys.stderr.write(f"supervisor of {job_dir}: {reason}\n")
+        return 1
+    finally:
+        os.close(lock_fd)
+
+
+def host_address(state_dir: str) -> str:
+    """The abstract unix socket of a state dir's supervisor host (no file, no path-length
+    limit, gone when the host is; only one host can bind it). It names this supervisor
+    code too, so a host still running older code is never handed new jobs."""
+    import hashlib
+
+    code = os.stat(__file__)
+    identity = f"{os.path.realpath(state_dir)}\0{code.st_mtime_ns}\0{code.st_size}"
+    return "\0agentstream-sandbox-host-" + hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+def serve(state_dir: str, idle_s: float) -> int:
+    """Become the state dir's supervisor host: bind its socket, detach, and fork a
+    supervisor for each job a launcher names, until idle for ``idle_s``.
+
+    It saves every job an interpreter start: its supervisor is a fork of a process that
+    has already imported everything. Jobs do not depend on it; if it is gone, launchers
+    start a supervisor themselves. Returns 0 once serving (or if another host serves).
+    """
+    import socket
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(host_address(state_dir))
+    except OSError:  # another host has it
+        listener.close()
+        return 0
+    listener.listen(128)
+    if os.fork() == 0:  # pragma: no cover - the detached host, measured through serve_requests
+        os.chdir("/")
+        serve_requests(listener, state_dir, idle_s)
+        return 0
+    listener.close()
+    return 0  # the launcher waits for this exit; the child serves
+
+
+def serve_requests(listener: Any, state_dir: str, idle_s: float) -> None:
+    """The supervisor host's loop: hand each request over until idle for ``idle_s`` or
+    the state dir is gone; closes ``listener``."""
+    last_request = time.monotonic()
+    try:
+        while time.monotonic() - last_request < idle_s and os.path.isdir(state_dir):
+            _reap()
+            ready, _, _ = select.select([listener], [], [], min(1.0, idle_s))
+            if ready:
+                conn, _ = listener.accept()
+                last_request = time.monotonic()
+                try:
+                    _hand_over(conn, listener, state_dir)
+                except Exception as exc:  # one bad request (a peer gone, say) must not end the host
+                    sys.stderr.write(f"supervisor host of {state_dir}: {exc!r}\n")
+                finally:
+                    conn.close()
+    finally:
+        listener.close()
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _hand_over(conn: Any, listener: Any, state_dir: str) -> None:
+    """Serve one request: a job name in, ``1`` (claimed and supervised), ``0`` (someone
+    else's already) or ``E`` (refused) out."""
+    import socket
+    import struct
+
+    conn.settimeout(5.0)
+    _, peer_uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    name = conn.recv(128).decode("ascii", "replace").strip()
+    job_dir = os.path.join(state_dir, name)
+    valid = name and name[0] not in ".-" and all(c in "abcdefghijklmnopqrstuvwxyz0123456789-" for c in name)
+    if peer_uid != os.geteuid() or not valid or not os.path.isdir(job_dir):
+        conn.sendall(b"E")
+        return
+    lock_fd = claim(job_dir)
+    if lock_fd is None:
+        conn.sendall(b"0")
+        return
+    try:
+        pid = os.fork()
+    except OSError as exc:  # the claim is ours: say why the job never ran, and let go of it
+        publish_result(job_dir, outcome(name, "failed", None, f"its supervisor could not be started: {exc}"))
+        os.close(lock_fd)
+        raise
+    if pid == 0:  # pragma: no cover - runs in the forked supervisor
+        conn.close()
+        listener.close()
+        os.setsid()
+        os._exit(run_claimed(job_dir, lock_fd))
+    os.close(lock_fd)
+    conn.sendall(b"1")
+
+
 def main(argv: list[str]) -> int:
-    """Claim the job in ``argv[1]``, detach, and supervise it; 0 once it is claimed (or
-    was already someone else's), 2 on bad usage."""
+    """``supervisor.py JOB_DIR``: claim the job, detach, and supervise it (0 once it is
+    claimed or was already someone else's). ``supervisor.py --serve STATE_DIR IDLE_S``:
+    become the state dir's supervisor host. 2 on bad usage."""
+    if len(argv) == 4 and argv[1] == "--serve":
+        return serve(argv[2], float(argv[3]))
     if len(argv) != 2:
-        sys.stderr.write("usage: supervisor.py JOB_DIR\n")
+        sys.stderr.write("usage: supervisor.py JOB_DIR | supervisor.py --serve STATE_DIR IDLE_S\n")
         return 2
     job_dir = argv[1]
     lock_fd = claim(job_dir)
     if lock_fd is None:
         return 0
     if os.fork() != 0:
-        return 0  # the launcher waits for this exit; the child keeps the lock
-    try:
-        supervise(job_dir)
-    except BaseException as exc:  # recorded, so the job does not stay "running" in a reader's eyes
-        reason = f"the supervisor failed: {exc!r}"
-        publish_result(job_dir, outcome(os.path.basename(job_dir), "failed", None, reason))
-        raise
-    finally:
-        os.close(lock_fd)
-    return 0
+        os.close(lock_fd)  # the child's copy keeps the lock
+        return 0  # the launcher waits for this exit
+    return run_claimed(job_dir, lock_fd)  # pragma: no cover - the detached supervisor
 
 
 if __name__ == "__main__":  # pragma: no cover - run by the launcher in its own process

@@ -12,8 +12,10 @@ Network tests only ever aim at loopback.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
+import platform
 import secrets
 import socket
 import subprocess
@@ -85,7 +87,9 @@ async def test_no_tcp_connection_reaches_a_loopback_service_outside(
         f"attempt('tcp-localhost', lambda: socket.create_connection(('localhost', {port}), timeout=3).close())\n"
         "attempt('interfaces', lambda: [name for _, name in socket.if_nameindex()])\n"
     )
-    result = await run_python(launcher, code)
+    # Even allowlisted, loopback stays out of reach: the local launcher gives no network at all.
+    spec = spec_for(("python3", "-c", code))
+    result = await run_job(launcher, dataclasses.replace(spec, allowed_hosts=("127.0.0.1", "localhost")))
     seen = observed(result)
     assert seen["tcp"] == "ConnectionRefusedError"
     assert not seen["tcp-localhost"].startswith("ok")
@@ -141,10 +145,12 @@ async def test_nothing_outside_the_tmpfs_is_writable(launcher: LocalLauncher, tm
         f"attempt({what!r}, lambda: open({path!r}, 'w').write('escaped'))\n" for what, path in targets.items()
     )
     code += "attempt('fill-tmpfs', lambda: open('/tmp/big', 'wb').write(b'x' * (8 << 20)))\n"
+    code += "attempt('pty', lambda: open('/dev/ptmx', 'r+b'))\n"  # ptys are a machine-wide count
     result = await run_python(launcher, code, tmpfs_mb=4)
     seen = observed(result)
     assert seen.pop("tmp") == "ok 7"
     assert seen.pop("fill-tmpfs") == "OSError"  # EFBIG/ENOSPC: the tmpfs is capped
+    assert seen.pop("pty") == "FileNotFoundError"
     assert seen.pop("host-file") in ("FileNotFoundError", "PermissionError")
     for what, outcome in seen.items():
         assert outcome in ("OSError", "PermissionError", "FileNotFoundError"), (what, outcome)
@@ -271,7 +277,7 @@ async def test_an_output_flood_is_capped_and_stopped(launcher: LocalLauncher) ->
     spec = spec_for(("yes", "flood"), output_bytes=1024)
     result = await run_job(launcher, spec)
     assert result.state == "failed"
-    assert result.reason == "output limit exceeded: more than 16384 bytes on stdout; killed"
+    assert result.reason == "output flood: stdout went over 16384 bytes past its cap of 1024; killed"
     assert result.stdout == "flood\n" * 170 + "flood"[:4]
     assert result.stdout_truncated
     assert (launcher.state_dir / spec.job_id / "result").stat().st_size < 8192
@@ -355,4 +361,25 @@ async def test_the_job_cannot_kill_its_parents(launcher: LocalLauncher) -> None:
         assert seen[f"host-{pid}"] == "ProcessLookupError"
         os.kill(pid, 0)  # alive
     assert result.state == "succeeded"
+    await assert_host_unaffected(launcher, result)
+
+
+async def test_risky_kernel_interfaces_are_filtered_out(launcher: LocalLauncher) -> None:
+    """Not on the issue's list, but the likeliest way out of a user namespace is a kernel
+    bug; a seccomp filter keeps io_uring, eBPF, perf, keyrings, ptrace and the like away."""
+    if platform.machine() != "x86_64":
+        pytest.skip("the seccomp table is x86_64's")
+    calls = {"io_uring_setup": 425, "bpf": 321, "perf_event_open": 298, "keyctl": 250, "ptrace": 101}
+    code = (
+        "import ctypes, errno, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        f"for name, number in {calls!r}.items():\n"
+        "    libc.syscall(number, 0, 0, 0, 0, 0)\n"
+        "    print(f'{name}: {errno.errorcode[ctypes.get_errno()]}')\n"
+        "print(f'getpid: {libc.syscall(39)}')\n"
+    )
+    result = await run_python(launcher, code)
+    seen = observed(result)
+    assert {name: seen[name] for name in calls} == dict.fromkeys(calls, "EPERM")
+    assert seen["getpid"] == "2"  # the rest works: pid 2 in the job's own namespace
     await assert_host_unaffected(launcher, result)
