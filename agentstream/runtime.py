@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
+import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,6 +48,8 @@ from streams.worker import Handler, Worker
 
 if TYPE_CHECKING:
     from projections.memory import MemoryIndex
+
+log = logging.getLogger(__name__)
 
 TERMINAL_TYPES = frozenset({"RunCompleted", "RunFailed", "RunAborted", "RunCancelled"})
 
@@ -82,6 +87,18 @@ class Task:
         )
 
 
+def _sandbox_usable(url: str) -> bool:
+    """Whether the launcher `url` names can run jobs here: the local one needs bubblewrap.
+    Without it the sandboxed tools are left out, rather than offered to the model only to
+    fail every call."""
+    if url.partition("://")[0] != "local":
+        return True
+    if shutil.which("bwrap") or shutil.which("bwrap", path=os.defpath):
+        return True
+    log.warning("bubblewrap (bwrap) is not installed: run_python and run_shell are disabled")
+    return False
+
+
 class AgentRuntime:
     """Opens the backends, hosts the agent-loop workers, submits and follows runs."""
 
@@ -99,7 +116,8 @@ class AgentRuntime:
     ) -> None:
         """`memory`: True requires semantic memory, False leaves it out, None (default)
         enables it when its extra (`agentstream[memory]`) is installed. `launcher` runs
-        sandboxed tools; by default the one `settings.sandbox_url` names (none if empty)."""
+        sandboxed tools; by default the one `settings.sandbox_url` names (none if empty, or
+        if it is the local launcher and bubblewrap is not installed)."""
         self.settings = settings
         self.tools = registry or builtin_registry()
         self.policy = policy or ToolPolicy()
@@ -122,7 +140,7 @@ class AgentRuntime:
             self.log, self.codec, self.store, projections, topic=settings.topics.events
         )
         self.launcher = launcher
-        if self.launcher is None and settings.sandbox_url:
+        if self.launcher is None and settings.sandbox_url and _sandbox_usable(settings.sandbox_url):
             self.launcher = open_launcher(settings.sandbox_url)
         self._launcher_kind = settings.sandbox_url.partition("://")[0] or "custom"
         self.watcher: JobWatcher | None = None

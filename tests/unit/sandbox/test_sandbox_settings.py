@@ -68,3 +68,23 @@ async def test_a_given_launcher_is_used_and_closed(tmp_path: Path) -> None:
     await runtime.start()
     await runtime.stop()
     assert closed == [True]
+
+
+async def test_without_bubblewrap_the_local_sandbox_tools_are_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agentstream.runtime.shutil.which", lambda *a, **k: None)
+    runtime = AgentRuntime(_settings(tmp_path, f"local://{tmp_path}/jobs"), memory=False)
+    try:
+        assert runtime.launcher is None
+        assert "run_python" not in runtime.tools
+    finally:
+        await runtime.stop()
+
+
+def test_other_launchers_are_not_checked_for_bubblewrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentstream.runtime import _sandbox_usable
+
+    monkeypatch.setattr("agentstream.runtime.shutil.which", lambda *a, **k: None)
+    assert _sandbox_usable("k8s://agents")
+    assert not _sandbox_usable("local://")

@@ -174,3 +174,16 @@ def test_large_output_goes_to_the_blob_store_by_handle(tmp_path: Path) -> None:
     assert data_json is not None and len(json.loads(data_json)) == MAX_OBSERVATION_CHARS
     assert bounded({"stdout": "small"}, blobs) == ('{"stdout":"small"}', False, None)
     assert bounded(None, blobs) == (None, False, None)
+
+
+def test_the_local_model_grammar_stays_small_with_the_sandbox_tools() -> None:
+    """Code can be long; its length bound must not become thousands of grammar rules."""
+    from handlers.llm import local
+    from handlers.llm.messages import ToolDefinition
+
+    tools = [
+        ToolDefinition(name=s.name, description=s.description, parameters=dict(s.parameters))
+        for s in (t.spec for t in sandbox_tools())
+    ]
+    text = local.build_grammar(tools)
+    assert max(line.count("char") for line in text.splitlines()) <= 300
