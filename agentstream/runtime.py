@@ -156,6 +156,8 @@ class AgentRuntime:
                 self.blobs,
                 topics=settings.topics,
                 member=member,
+                # Local checks read a file; a remote launcher's are API calls: fewer of them.
+                check_every_s=0.2 if self._launcher_kind == "local" else 1.0,
             )
         self.handlers: list[Handler] = []
         self.workers: list[Worker] = []
