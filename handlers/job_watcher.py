@@ -199,6 +199,9 @@ class JobWatcher:
             result = await self.launcher.result(job_id)
         except JobNotFound:
             result = JobResult(job_id, "failed", None, "", "", reason="the job is gone from the launcher")
+        except Exception as exc:  # the launcher's backend is unreachable for now: ask again later
+            log.warning("could not get the state of sandbox job %s: %s", job_id, exc)
+            return 0
         if result is None:
             return 0
         view = await self.views.view(launch.event.meta.run_id)

@@ -20,7 +20,7 @@ from handlers.tools.sandbox import sandbox_tools
 from projections.blobs import BlobStore
 from projections.idempotency import SqliteIdempotencyLedger
 from projections.run_view import RunViews
-from sandbox_jobs.base import job_id_for
+from sandbox_jobs.base import JobResult, job_id_for
 from streams.backends import open_log
 from streams.codec import EventCodec
 from streams.envelope import caused_by, root_meta
@@ -560,3 +560,27 @@ async def test_a_stop_that_fails_is_tried_again(rig: Rig) -> None:
     assert len(attempts) == 2
     [observed] = await rig.events(task.meta.run_id, "ObservationRecorded")
     assert isinstance(observed, ObservationRecorded) and not observed.ok
+
+
+async def test_a_launcher_that_cannot_answer_is_asked_again(rig: Rig) -> None:
+    task = submitted()
+    *head, dispatched = call(task, "run_shell", {"command": "echo later"})
+    await rig.append(task, *head, dispatched)
+    await dispatch(rig, dispatched)
+    real_result = rig.launcher.result
+    failures: list[str] = []
+
+    async def flaky_result(job_id: str) -> JobResult | None:
+        if not failures:
+            failures.append(job_id)
+            raise OSError("connection reset")
+        return await real_result(job_id)
+
+    rig.launcher.result = flaky_result  # type: ignore[method-assign]
+    watcher = rig.watcher()
+    await watcher.start()
+    await watch_until(rig, watcher)
+    await watcher.stop()
+    assert len(failures) == 1
+    [observed] = await rig.events(task.meta.run_id, "ObservationRecorded")
+    assert isinstance(observed, ObservationRecorded) and observed.ok
