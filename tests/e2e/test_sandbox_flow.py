@@ -53,7 +53,7 @@ from tests.support.scripted_provider import ConversationalProvider
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.sandbox]
 
 
 @pytest.fixture(autouse=True)
