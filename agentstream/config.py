@@ -9,6 +9,7 @@
 | AGENTSTREAM_LEDGER_URL    | sqlite://$AGENTSTREAM_HOME/ledger.db |
 | AGENTSTREAM_TOPIC_PREFIX  | agentstream                       |
 | AGENTSTREAM_PARTITIONS    | 4                                 |
+| AGENTSTREAM_SANDBOX_URL   | local://$AGENTSTREAM_HOME/jobs    |
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class Settings:
     ledger_url: str = ""
     """The idempotency ledger tool calls claim before running: sqlite:///PATH or
     cassandra://HOST:PORT/KEYSPACE. Workers on several machines must share one."""
+    sandbox_url: str = ""
+    """Where sandboxed tools (run_python, run_shell) run their jobs: local://STATE_DIR or
+    k8s://NAMESPACE; empty leaves those tools out."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: str | None) -> Settings:
@@ -58,4 +62,15 @@ class Settings:
         ledger_url = (
             overrides.get("ledger_url") or env.get("AGENTSTREAM_LEDGER_URL") or f"sqlite://{home}/ledger.db"
         )
-        return cls(home, log_url, registry_url, Topics(prefix, partitions), store_url, ledger_url)
+        sandbox_url = (
+            overrides.get("sandbox_url") or env.get("AGENTSTREAM_SANDBOX_URL") or f"local://{home}/jobs"
+        )
+        return cls(
+            home,
+            log_url,
+            registry_url,
+            Topics(prefix, partitions),
+            store_url,
+            ledger_url=ledger_url,
+            sandbox_url=sandbox_url,
+        )

@@ -2,14 +2,18 @@
 
 This is the embedded deployment (and what `agentstream run` and `agentstream serve` use):
 the planner, tool router, tool executor and evaluator each run as a member of their own
-consumer group over the configured log, and the projector keeps the views (run state,
-episodic, approvals, cost ledger) up to date, all in one asyncio loop.
+consumer group over the configured log, the job watcher records the results of sandboxed
+jobs, and the projector keeps the views (run state, episodic, approvals, cost ledger) up
+to date, all in one asyncio loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
+import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +23,7 @@ from agentstream.config import Settings
 from agentstream.interventions import Interventions
 from handlers.evaluator import Evaluator
 from handlers.intake import TaskIntake
+from handlers.job_watcher import JobWatcher
 from handlers.llm.base import ModelClient
 from handlers.planner import Planner, PlannerSettings, default_models
 from handlers.policy import TenantPolicies, ToolPolicy
@@ -27,6 +32,7 @@ from handlers.tool_executor import ToolExecutor
 from handlers.tools.base import ToolRegistry, builtin_registry
 from handlers.tools.human import AskHumanTool
 from handlers.tools.mail import SendEmailTool, SmtpSettings
+from handlers.tools.sandbox import sandbox_tools
 from projections.blobs import BlobStore
 from projections.builtin import builtin_projections
 from projections.idempotency import IdempotencyLedger, open_ledger
@@ -34,6 +40,7 @@ from projections.projector import Projection, Projector
 from projections.recall import EpisodicRecall
 from projections.run_view import TERMINAL, RunView, RunViews
 from projections.stores import ProjectionStore, open_store
+from sandbox_jobs.base import SandboxLauncher, open_launcher
 from streams.backends import open_log
 from streams.codec import EventCodec
 from streams.envelope import new_run_id, root_meta
@@ -46,6 +53,8 @@ from streams.worker import Handler, Worker
 
 if TYPE_CHECKING:
     from projections.memory import MemoryIndex
+
+log = logging.getLogger(__name__)
 
 TERMINAL_TYPES = frozenset({"RunCompleted", "RunFailed", "RunAborted", "RunCancelled"})
 
@@ -83,6 +92,18 @@ class Task:
         )
 
 
+def _sandbox_usable(url: str) -> bool:
+    """Whether the launcher `url` names can run jobs here: the local one needs bubblewrap.
+    Without it the sandboxed tools are left out, rather than offered to the model only to
+    fail every call."""
+    if url.partition("://")[0] != "local":
+        return True
+    if shutil.which("bwrap") or shutil.which("bwrap", path=os.defpath):
+        return True
+    log.warning("bubblewrap (bwrap) is not installed: run_python and run_shell are disabled")
+    return False
+
+
 class AgentRuntime:
     """Opens the backends, hosts the agent-loop workers, submits and follows runs."""
 
@@ -96,12 +117,15 @@ class AgentRuntime:
         models: Callable[[str], ModelClient] = default_models,
         member: str = "0",
         memory: bool | None = None,
+        launcher: SandboxLauncher | None = None,
         smtp: SmtpSettings | None = None,
         approval_scan_s: float = 1.0,
     ) -> None:
         """`memory`: True requires semantic memory, False leaves it out, None (default)
-        enables it when its extra (`agentstream[memory]`) is installed. `smtp` (default:
-        from AGENTSTREAM_SMTP_*) enables `send_email`. `approval_scan_s` is how often the
+        enables it when its extra (`agentstream[memory]`) is installed. `launcher` runs
+        sandboxed tools; by default the one `settings.sandbox_url` names (none if empty, or
+        if it is the local launcher and bubblewrap is not installed). `smtp` (default: from
+        AGENTSTREAM_SMTP_*) enables `send_email`. `approval_scan_s` is how often the
         approval timer looks for expired requests."""
         self.settings = settings
         self.tools = registry or builtin_registry()
@@ -132,6 +156,26 @@ class AgentRuntime:
         self.projector = Projector(
             self.log, self.codec, self.store, projections, topic=settings.topics.events
         )
+        self.launcher = launcher
+        if self.launcher is None and settings.sandbox_url and _sandbox_usable(settings.sandbox_url):
+            self.launcher = open_launcher(settings.sandbox_url)
+        self._launcher_kind = settings.sandbox_url.partition("://")[0] or "custom"
+        self.watcher: JobWatcher | None = None
+        if self.launcher is not None:
+            for tool in sandbox_tools():
+                if tool.spec.name not in self.tools:
+                    self.tools.register(tool)
+            self.watcher = JobWatcher(
+                self.log,
+                self.codec,
+                RunViews(self.log, self.codec, settings.topics),
+                self.launcher,
+                self.blobs,
+                topics=settings.topics,
+                member=member,
+                # Local checks read a file; a remote launcher's are API calls: fewer of them.
+                check_every_s=0.2 if self._launcher_kind == "local" else 1.0,
+            )
         self.handlers: list[Handler] = []
         self.workers: list[Worker] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -171,7 +215,17 @@ class AgentRuntime:
         self.handlers = [
             self.planner,
             ToolRouter(self.views, self.tools, self.policies),
-            ToolExecutor(self.tools, self.ledger, self.blobs, self.policies),
+            ToolExecutor(
+                self.tools,
+                self.ledger,
+                self.blobs,
+                self.policies,
+                launcher=self.launcher,
+                launcher_kind=self._launcher_kind,
+                views=self.views,
+                # The local launcher has no egress control: its jobs get no network at all.
+                job_egress=self._launcher_kind != "local",
+            ),
             Evaluator(self.views),
             *self.memory_handlers,
         ]
@@ -199,6 +253,9 @@ class AgentRuntime:
         self._tasks = [asyncio.create_task(self._serve(w), name=w.group) for w in self.workers]
         await self.projector.start()
         self._tasks.append(asyncio.create_task(self._project(), name="projector"))
+        if self.watcher is not None:
+            await self.watcher.start()
+            self._tasks.append(asyncio.create_task(self._watch(self.watcher), name=self.watcher.group))
         self._tasks.append(asyncio.create_task(self._expire_approvals(), name="approval-timer"))
 
     async def _serve(self, worker: Worker) -> None:
@@ -208,6 +265,11 @@ class AgentRuntime:
     async def _project(self) -> None:
         while not self._stop.is_set():
             if not await self.projector.step():
+                await asyncio.sleep(0.05)
+
+    async def _watch(self, watcher: JobWatcher) -> None:
+        while not self._stop.is_set():
+            if not await watcher.step():
                 await asyncio.sleep(0.05)
 
     def interventions(self, producer: str = "cli") -> Interventions:
@@ -242,6 +304,10 @@ class AgentRuntime:
                 await asyncio.wait_for(task, 5)
         for worker in self.workers:
             await worker.stop()
+        if self.watcher is not None:
+            await self.watcher.stop()
+        if self.launcher is not None:
+            await self.launcher.aclose()
         await self.planner.aclose() if self.handlers else None
         await self.ledger.aclose()
         await self.store.close()

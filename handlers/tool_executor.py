@@ -10,21 +10,34 @@ output of a large one goes to the blob store and the observation carries its han
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from handlers.observations import MAX_OBSERVATION_CHARS, bounded
 from handlers.policy import TenantPolicies, ToolPolicy
 from handlers.stuck import FailsRunWhenStuck
-from handlers.tools.base import ToolContext, ToolError, ToolRegistry, ToolResult, canonical_json
+from handlers.tools.base import ToolContext, ToolError, ToolRegistry, ToolResult
+from handlers.tools.sandbox import SandboxTool
 from projections.blobs import BlobStore
 from projections.idempotency import IdempotencyLedger
-from streams.events import BudgetCharged, Event, ObservationRecorded, ToolCallDispatched, Usage
+from projections.run_view import RunViews
+from sandbox_jobs.base import LaunchError, SandboxLauncher
+from streams.errors import RetryableHandlerError
+from streams.events import (
+    BudgetCharged,
+    Event,
+    ObservationRecorded,
+    SandboxJobLaunched,
+    ToolCallDispatched,
+    Usage,
+)
 from streams.worker import HandlerContext
 
-MAX_OBSERVATION_CHARS = 16_000
+__all__ = ["MAX_OBSERVATION_CHARS", "ToolExecutor"]
 
 
 def _result_json(result: ToolResult) -> str:
@@ -51,23 +64,39 @@ class ToolExecutor(FailsRunWhenStuck):
         policy: ToolPolicy | TenantPolicies | None = None,
         *,
         retry_base_delay_s: float = 0.2,
+        launcher: SandboxLauncher | None = None,
+        launcher_kind: str = "local",
+        views: RunViews | None = None,
+        job_egress: bool = True,
     ) -> None:
+        """``launcher`` runs sandboxed tools (without one they fail with a clear error);
+        ``launcher_kind`` is its URL scheme, recorded on SandboxJobLaunched; ``views``, when
+        given, lets a redelivered dispatch of an already observed call launch nothing.
+        ``job_egress``: the launcher enforces an egress allowlist, so jobs get the policy's
+        hosts; without it jobs get no network at all."""
         self.registry = registry
         self.ledger = ledger
         self.blobs = blobs
         self.policies = TenantPolicies.of(policy)
         self.retry_base_delay_s = retry_base_delay_s
+        self.launcher = launcher
+        self.launcher_kind = launcher_kind
+        self.views = views
+        self.job_egress = job_egress
 
-    async def _execute(self, event: ToolCallDispatched) -> ToolResult:
-        tool = self.registry.get(event.tool)
-        spec = tool.spec
-        ctx = ToolContext(
+    def _tool_context(self, event: ToolCallDispatched) -> ToolContext:
+        return ToolContext(
             run_id=event.meta.run_id,
             tenant_id=event.meta.tenant_id,
             tool_call_id=event.tool_call_id,
             idempotency_key=event.idempotency_key,
             network=self.policies.for_tenant(event.meta.tenant_id).network,
         )
+
+    async def _execute(self, event: ToolCallDispatched) -> ToolResult:
+        tool = self.registry.get(event.tool)
+        spec = tool.spec
+        ctx = self._tool_context(event)
         args = json.loads(event.arguments_json)
         timeout_s = event.timeout_ms / 1000 if event.timeout_ms > 0 else spec.timeout_s
         for attempt in range(1, spec.attempts + 1):
@@ -85,9 +114,48 @@ class ToolExecutor(FailsRunWhenStuck):
             await asyncio.sleep(random.uniform(0, self.retry_base_delay_s * 2 ** (attempt - 1)))
         raise AssertionError("unreachable")
 
+    async def _launch(self, event: ToolCallDispatched, tool: SandboxTool, ctx: HandlerContext) -> list[Event]:
+        """Launch the call's job and say so; the job watcher records its result."""
+        if self.views is not None:
+            view = await self.views.view(event.meta.run_id, ctx.uncommitted)
+            call = view.call(event.tool_call_id)
+            if call is not None and call.status == "observed":
+                return []  # a redelivered dispatch of a call whose job already ran
+            if view.terminal:
+                return self._observed(
+                    event, ctx, ToolResult.failure(f"not launched: the run is {view.status}"), 0
+                )
+        if self.launcher is None:
+            failure = ToolResult.failure(f"{event.tool} needs a sandbox launcher and none is configured")
+            return self._observed(event, ctx, failure, 0)
+        try:
+            spec = tool.job_spec(json.loads(event.arguments_json), self._tool_context(event))
+            if not self.job_egress:
+                spec = dataclasses.replace(spec, allowed_hosts=())
+        except (ToolError, ValueError) as exc:
+            return self._observed(event, ctx, ToolResult.failure(f"{event.tool}: {exc}"), 0)
+        try:
+            await self.launcher.launch(spec)
+        except LaunchError as exc:
+            failure = ToolResult.failure(f"{event.tool} could not be launched: {exc}")
+            return self._observed(event, ctx, failure, 0)
+        except OSError as exc:  # the launcher's backend is unreachable for now
+            raise RetryableHandlerError(f"launching {spec.job_id}: {exc}") from exc
+        return [
+            SandboxJobLaunched(
+                meta=ctx.meta(),
+                tool_call_id=event.tool_call_id,
+                job_id=spec.job_id,
+                launcher=self.launcher_kind,
+                idempotency_key=event.idempotency_key,
+            )
+        ]
+
     async def handle(self, event: Event, ctx: HandlerContext) -> Sequence[Event]:
         assert isinstance(event, ToolCallDispatched)
         started = time.monotonic()
+        if event.tool in self.registry and isinstance(tool := self.registry.get(event.tool), SandboxTool):
+            return await self._launch(event, tool, ctx)
         if event.tool not in self.registry:
             result = ToolResult.failure(f"no tool named {event.tool!r} in this worker")
         else:
@@ -104,7 +172,12 @@ class ToolExecutor(FailsRunWhenStuck):
             else:
                 result = await self._execute(event)
                 await self.ledger.complete(event.idempotency_key, _result_json(result))
-        data_json, truncated, handle = self._bounded(result)
+        return self._observed(event, ctx, result, int((time.monotonic() - started) * 1000))
+
+    def _observed(
+        self, event: ToolCallDispatched, ctx: HandlerContext, result: ToolResult, duration_ms: int
+    ) -> list[Event]:
+        data_json, truncated, handle = bounded(result.data, self.blobs)
         return [
             ObservationRecorded(
                 meta=ctx.meta(),
@@ -116,16 +189,7 @@ class ToolExecutor(FailsRunWhenStuck):
                 error=result.error,
                 truncated=truncated,
                 blob_handle=handle,
-                duration_ms=int((time.monotonic() - started) * 1000),
+                duration_ms=duration_ms,
             ),
             BudgetCharged(meta=ctx.meta(), step=event.step, usage=Usage(), tool_calls=1, source="tool"),
         ]
-
-    def _bounded(self, result: ToolResult) -> tuple[str | None, bool, str | None]:
-        if result.data is None:
-            return None, False, None
-        text = canonical_json(result.data)
-        if len(text) <= MAX_OBSERVATION_CHARS:
-            return text, False, None
-        handle = self.blobs.put(text.encode())
-        return json.dumps(text[:MAX_OBSERVATION_CHARS]), True, handle

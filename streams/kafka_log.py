@@ -347,6 +347,9 @@ class KafkaGroupConsumer(GroupConsumer):
             else:
                 self._consumer.seek(tp, committed)
 
+    def assigned(self) -> frozenset[TopicPartition]:
+        return frozenset(TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment())
+
     async def committed(self, tp: TopicPartition) -> int:
         value = await self._consumer.committed(KafkaTP(tp.topic, tp.partition))
         return int(value or 0)

@@ -105,6 +105,12 @@ class GroupConsumer(ABC):
     async def committed(self, tp: TopicPartition) -> int:
         """The group's committed offset (the next one to read) for a partition."""
 
+    def assigned(self) -> frozenset[TopicPartition] | None:
+        """The partitions this member reads now, or None when it reads all of them (the
+        only member). Consumers that keep state across polls compare it between polls:
+        a change means partitions moved to or from another member."""
+        return None
+
     @abstractmethod
     async def stop(self) -> None:
         """Leave the group; uncommitted work will be redone by whoever takes over."""

@@ -2,14 +2,15 @@
 
 A planner that crashes after a model call calls the model again on restart; a server
 that answers from the conversation gives the same answer both times, which is what a
-crash test needs. Each turn it asks for the `side_effect` tool until the conversation
-holds `steps` tool results, then answers.
+crash test needs. Each turn it asks for the `side_effect` tool (or the `tool` given, with
+`arguments(n)`) until the conversation holds `steps` tool results, then answers.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
@@ -17,8 +18,15 @@ from typing import Any, Self
 class ConversationalProvider:
     """Serves POST /v1/chat/completions on 127.0.0.1 in a thread."""
 
-    def __init__(self, steps: int = 3) -> None:
+    def __init__(
+        self,
+        steps: int = 3,
+        tool: str = "side_effect",
+        arguments: Callable[[int], dict[str, Any]] = lambda n: {"n": n},
+    ) -> None:
         self.steps = steps
+        self.tool = tool
+        self.arguments = arguments
         self.calls = 0
         provider = self
 
@@ -47,7 +55,7 @@ class ConversationalProvider:
                 {
                     "id": f"c{done}",
                     "type": "function",
-                    "function": {"name": "side_effect", "arguments": json.dumps({"n": done})},
+                    "function": {"name": self.tool, "arguments": json.dumps(self.arguments(done))},
                 }
             ]
         else:
