@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from handlers.job_watcher import JobWatcher
-from handlers.policy import ToolPolicy
+from handlers.policy import TenantPolicies, ToolPolicy
 from handlers.tool_executor import ToolExecutor
 from handlers.tools.base import NetworkPolicy, ToolRegistry, canonical_json, idempotency_key
 from handlers.tools.calculator import CalculatorTool
@@ -473,7 +473,9 @@ async def test_an_unreachable_launcher_is_retried(rig: Rig) -> None:
 
 
 async def test_jobs_get_the_allowlist_only_from_a_launcher_with_egress_control(rig: Rig) -> None:
-    rig.executor.policy = ToolPolicy(network=NetworkPolicy(allowed_hosts=("example.org", "169.254.169.254")))
+    rig.executor.policies = TenantPolicies.of(
+        ToolPolicy(network=NetworkPolicy(allowed_hosts=("example.org", "169.254.169.254")))
+    )
     task = submitted()
     *head, dispatched = call(task, "run_shell", {"command": "true"})
     await rig.append(task, *head)

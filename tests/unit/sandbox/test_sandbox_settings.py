@@ -28,7 +28,7 @@ def test_the_environment_names_another_launcher(tmp_path: Path) -> None:
 def _settings(tmp_path: Path, sandbox_url: str) -> Settings:
     return Settings(
         tmp_path / "home", f"sqlite://{tmp_path}/log.db", f"sqlite://{tmp_path}/registry.db",
-        Settings.from_env({}).topics, f"sqlite://{tmp_path}/views.db", sandbox_url,
+        Settings.from_env({}).topics, f"sqlite://{tmp_path}/views.db", sandbox_url=sandbox_url,
     )  # fmt: skip
 
 
