@@ -130,7 +130,6 @@ class AgentRuntime:
         self.settings = settings
         self.tools = registry or builtin_registry()
         self.policies = TenantPolicies.of(policy)
-        self.policy = self.policies.default
         smtp = smtp or SmtpSettings.from_env()
         for tool in (AskHumanTool(), *([SendEmailTool(smtp)] if smtp else [])):
             if tool.spec.name not in self.tools:
