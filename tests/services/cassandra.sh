@@ -99,8 +99,9 @@ CASSANDRA_FAST_OPTS="${CASSANDRA_FAST_OPTS--Dcassandra.skip_wait_for_gossip_to_s
 -Dcassandra.memtable.row_overhead_size=180 \
 -XX:+UnlockDiagnosticVMOptions -XX:-BytecodeVerificationRemote}"
 
-log() { printf '[cassandra] %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+SERVICE=cassandra
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------------------------------------
 # install
@@ -196,39 +197,15 @@ ensure_installed() {
 
 # Is <pid> a live node started by this script with this run dir? (A zombie has no cmdline.)
 is_our_node() {
-    local pid="$1" cmd
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    cmd="$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline")" || return 1
+    local cmd
+    cmd="$(cmdline_of "$1")" || return 1
     [[ "$cmd" == *" -Dcassandra.config=file://$YAML "* && "$cmd" == *" $MAIN_CLASS "* ]]
 }
 
 # Is <pid> alive and not a zombie? (During launch the pid is briefly setsid/setpriv/nohup before it
 # execs java, so is_our_node is not yet true; this is the start-up liveness test.)
-pid_alive() {
-    local pid="$1" stat
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
-    stat="${stat##*) }"
-    [[ "${stat:0:1}" != Z ]]
-}
-
 # Pid of our node: from the pid file, else by its exact cassandra.yaml path in /proc.
-node_pid() {
-    local pid p
-    if [[ -f "$PID_FILE" ]]; then
-        pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-        if is_our_node "$pid"; then echo "$pid"; return 0; fi
-    fi
-    for p in /proc/[0-9]*; do
-        pid="${p#/proc/}"
-        if is_our_node "$pid"; then echo "$pid"; return 0; fi
-    done
-    return 1
-}
-
-port_open() { # <port>
-    timeout 2 bash -c "exec 3<>/dev/tcp/$HOST/$1" 2>/dev/null
-}
+node_pid() { find_pid "$PID_FILE" is_our_node; }
 
 # CQL native protocol v4 OPTIONS request (stream 1); ready when the node answers SUPPORTED
 # (response version 0x84, flags 0, stream 1, opcode 0x06). Cassandra opens the native transport
@@ -247,16 +224,6 @@ running_port() {
     line="$(grep -m 1 '^native_transport_port:' "$YAML" 2>/dev/null || true)"
     line="${line#*:}"
     echo "${line// /}"
-}
-
-show_log_tail() {
-    local f
-    for f in "$JVM_OUT" "$SYSTEM_LOG"; do
-        if [[ -s "$f" ]]; then
-            log "---- last lines of $f ----"
-            tail -n 40 "$f" | cut -c 1-600 >&2 || true
-        fi
-    done
 }
 
 # render <template> <output> NAME=value...: replace every @NAME@ (plain text, no regex, no sed
@@ -471,13 +438,13 @@ cmd_up() {
         # (not `kill -0`: a node that died is our zombie child until this script exits)
         if ! pid_alive "$pid"; then
             rm -f "$PID_FILE"
-            show_log_tail
+            show_log_tail "$JVM_OUT" "$SYSTEM_LOG"
             die "Cassandra process $pid exited during start-up"
         fi
         if cql_answers; then break; fi
         now="$(date +%s)"
         if ((now >= deadline)); then
-            show_log_tail
+            show_log_tail "$JVM_OUT" "$SYSTEM_LOG"
             log "CQL did not answer on $HOST:$CASSANDRA_PORT within ${CASSANDRA_START_TIMEOUT}s; stopping it"
             cmd_down >/dev/null 2>&1 || true
             die "Cassandra start-up timed out"

@@ -64,8 +64,9 @@ PKI="$RUN_DIR/pki"
 KUBECONFIG_FILE="$RUN_DIR/kubeconfig"
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
-log() { printf '[k8s] %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+SERVICE=k8s
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------------------------------------
 # install
@@ -158,8 +159,7 @@ ensure_installed() {
 # Is <pid> a live <component> started by this script with this run dir?
 is_ours() { # <pid> <component>
     local cmd
-    [[ "$1" =~ ^[0-9]+$ ]] || return 1
-    cmd="$(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline")" || return 1
+    cmd="$(cmdline_of "$1")" || return 1
     [[ "$cmd" == "$BIN/$2 "* && "$cmd" == *"$RUN_DIR"* ]]
 }
 
@@ -169,7 +169,6 @@ component_pid() { # <component>
     is_ours "$pid" "$1" && echo "$pid"
 }
 
-port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/$HOST/$1" 2>/dev/null; }
 
 start_component() { # <component> <args...>
     local name="$1" launcher=()

@@ -62,8 +62,9 @@ JVM_BASE_OPTS="-server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOc
 -XX:+ExplicitGCInvokesConcurrent -XX:ParallelGCThreads=2 -XX:ConcGCThreads=1 \
 -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true -Djava.net.preferIPv4Stack=true"
 
-log() { printf '[kafka] %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+SERVICE=kafka
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------------------------------------
 # install
@@ -197,29 +198,13 @@ ensure_installed() {
 
 # Is <pid> a live broker started by this script with this run dir? (A zombie has no cmdline.)
 is_our_broker() {
-    local pid="$1" cmd
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    cmd="$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline")" || return 1
+    local cmd
+    cmd="$(cmdline_of "$1")" || return 1
     [[ "$cmd" == *" kafka.Kafka $PROPS"* ]]
 }
 
 # Pid of our broker: from the pid file, else by its exact server.properties path in /proc.
-broker_pid() {
-    local pid p
-    if [[ -f "$PID_FILE" ]]; then
-        pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-        if is_our_broker "$pid"; then echo "$pid"; return 0; fi
-    fi
-    for p in /proc/[0-9]*; do
-        pid="${p#/proc/}"
-        if is_our_broker "$pid"; then echo "$pid"; return 0; fi
-    done
-    return 1
-}
-
-port_open() { # <port>
-    timeout 2 bash -c "exec 3<>/dev/tcp/$HOST/$1" 2>/dev/null
-}
+broker_pid() { find_pid "$PID_FILE" is_our_broker; }
 
 # Kafka ApiVersions v0 request (header v1, client id "h", correlation id 7); ready when the broker
 # echoes correlation id 7 with error code 0.
@@ -237,16 +222,6 @@ running_port() {
     line="$(grep -m 1 '^listeners=' "$PROPS" 2>/dev/null || true)"
     line="${line#*PLAINTEXT://*:}"
     echo "${line%%,*}"
-}
-
-show_log_tail() {
-    local f
-    for f in "$JVM_OUT" "$SERVER_LOG"; do
-        if [[ -s "$f" ]]; then
-            log "---- last lines of $f ----"
-            tail -n 40 "$f" >&2 || true
-        fi
-    done
 }
 
 new_cluster_id() {
@@ -398,13 +373,13 @@ cmd_up() {
         # (not `kill -0`: a broker that died is our zombie child until this script exits)
         if ! is_our_broker "$pid"; then
             rm -f "$PID_FILE"
-            show_log_tail
+            show_log_tail "$JVM_OUT" "$SERVER_LOG"
             die "broker process $pid exited during start-up"
         fi
         if broker_answers; then break; fi
         now="$(date +%s)"
         if ((now >= deadline)); then
-            show_log_tail
+            show_log_tail "$JVM_OUT" "$SERVER_LOG"
             log "broker did not answer on $HOST:$KAFKA_PORT within ${KAFKA_START_TIMEOUT}s; stopping it"
             cmd_down >/dev/null 2>&1 || true
             die "Kafka start-up timed out"

@@ -46,8 +46,9 @@ declare -A SHA256=(
   [3.0.9]=2b28181501a20cbf6efcd77f9b7153908fc01f3d3a7c32024c0bd9e1b04c8a43
 )
 
-log() { echo "[registry] $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+SERVICE=registry
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 runner_cmd() {
   # 3.0.x ships a legacy-jar layout (<name>-runner.jar + lib/); 3.3.x ships fast-jar (quarkus-run.jar).
@@ -96,7 +97,7 @@ api_answers() {
   curl -fsS -m 3 -o /dev/null "$CCOMPAT_URL/subjects" 2>/dev/null
 }
 
-pid_alive() {
+registry_alive() {
   [[ -f "$PID_FILE" ]] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null
 }
 
@@ -105,12 +106,12 @@ port_busy() {
 }
 
 cmd_up() {
-  if pid_alive && api_answers; then
+  if registry_alive && api_answers; then
     log "already running (pid $(cat "$PID_FILE"))"
     echo "$CCOMPAT_URL"
     return 0
   fi
-  if pid_alive; then
+  if registry_alive; then
     log "stale process $(cat "$PID_FILE") does not answer; stopping it"
     cmd_down
   fi
@@ -143,7 +144,7 @@ cmd_up() {
       echo "$CCOMPAT_URL"
       return 0
     fi
-    if ! pid_alive; then
+    if ! registry_alive; then
       log "process exited during start-up; log tail:"
       tail -n 60 "$LOG_FILE" >&2 || true
       rm -f "$PID_FILE"
@@ -183,10 +184,10 @@ cmd_down() {
 }
 
 cmd_status() {
-  if pid_alive && api_answers; then
+  if registry_alive && api_answers; then
     echo "running pid=$(cat "$PID_FILE") url=$CCOMPAT_URL"
     return 0
-  elif pid_alive; then
+  elif registry_alive; then
     echo "starting-or-unhealthy pid=$(cat "$PID_FILE") url=$CCOMPAT_URL"
     return 3
   fi

@@ -86,8 +86,9 @@ DATA_DIR="$RUN_DIR/data"
 SERVER_LOG="$RUN_DIR/weaviate.log"
 STATE_FILE="$RUN_DIR/weaviate.env"
 
-log() { printf '[weaviate] %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+SERVICE=weaviate
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------------------------------------
 # install
@@ -191,30 +192,8 @@ is_our_server() {
 
 # Is <pid> alive and not a zombie? (Used while starting: during the setsid/nohup/env exec chain
 # the process does not yet have the server's environment.)
-is_alive() {
-    local stat
-    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
-    stat="${stat##*) }"
-    [[ "${stat:0:1}" != Z ]]
-}
-
 # Pid of our server: from the pid file, else by its data path in /proc.
-server_pid() {
-    local pid p
-    if [[ -f "$PID_FILE" ]]; then
-        pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-        if is_our_server "$pid"; then echo "$pid"; return 0; fi
-    fi
-    for p in /proc/[0-9]*; do
-        pid="${p#/proc/}"
-        if is_our_server "$pid"; then echo "$pid"; return 0; fi
-    done
-    return 1
-}
-
-port_open() { # <port>
-    timeout 2 bash -c "exec 3<>/dev/tcp/$HOST/$1" 2>/dev/null
-}
+server_pid() { find_pid "$PID_FILE" is_our_server; }
 
 # GET <path> on <port>; succeeds on HTTP 2xx.
 http_ok() { # <port> <path>
@@ -236,13 +215,6 @@ state_get() { # <name>
     local line
     line="$(grep -m 1 "^$1=" "$STATE_FILE" 2>/dev/null || true)"
     echo "${line#*=}"
-}
-
-show_log_tail() {
-    if [[ -s "$SERVER_LOG" ]]; then
-        log "---- last lines of $SERVER_LOG ----"
-        tail -n 40 "$SERVER_LOG" >&2 || true
-    fi
 }
 
 print_endpoints() { # <rest port> <grpc port>
@@ -352,14 +324,14 @@ cmd_up() {
     deadline=$(($(date +%s) + WEAVIATE_START_TIMEOUT))
     while :; do
         # (not `kill -0`: a server that died is our zombie child until this script exits)
-        if ! is_alive "$pid"; then
+        if ! pid_alive "$pid"; then
             rm -f "$PID_FILE" "$STATE_FILE"
-            show_log_tail
+            show_log_tail "$SERVER_LOG"
             die "weaviate process $pid exited during start-up"
         fi
         if server_ready; then break; fi
         if (($(date +%s) >= deadline)); then
-            show_log_tail
+            show_log_tail "$SERVER_LOG"
             log "not ready on $HOST:$WEAVIATE_PORT within ${WEAVIATE_START_TIMEOUT}s; stopping it"
             cmd_down >/dev/null 2>&1 || true
             die "weaviate start-up timed out"
