@@ -32,6 +32,7 @@ from streams.log import (
     TopicStats,
 )
 from streams.partitioning import partition_for
+from streams.sqlite_tx import write_transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS topics (
@@ -117,21 +118,13 @@ class SqliteEventLog(EventLog):
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; driver errors become `EventLogError`."""
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise EventLogError(f"event log {self.path} is busy: {exc}", retryable=True) from exc
-        try:
-            yield self._db
-            self._db.execute("COMMIT")
-        except BaseException as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise EventLogError(f"event log {self.path}: {exc}", retryable=True) from exc
-            raise
+        """One write transaction; driver errors become `EventLogError`; readers wake after it."""
+        with write_transaction(self._db, self._failure) as db:
+            yield db
         self._wakeup.notify()
+
+    def _failure(self, detail: str, retryable: bool) -> EventLogError:
+        return EventLogError(f"event log {self.path}: {detail}", retryable=retryable)
 
     def _partition_count(self, topic: str) -> int:
         count = self._partition_counts.get(topic)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from projections.stores.base import (
 )
 from streams.errors import ConfigError
 from streams.log import TopicPartition
+from streams.sqlite_tx import write_transaction
 
 _SYNC_MODES = {"off": "OFF", "normal": "NORMAL", "full": "FULL", "extra": "EXTRA"}
 _SQL_TYPES: dict[str, str] = {
@@ -187,23 +188,12 @@ class SqliteProjectionStore(ProjectionStore):
 
     # -- helpers -------------------------------------------------------------------
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         """One write transaction; driver errors become `StoreError`."""
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StoreError(f"projection store {self.path} is busy: {exc}", retryable=True) from exc
-        try:
-            yield self._db
-            self._db.execute("COMMIT")
-        except BaseException as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                retryable = isinstance(exc, sqlite3.OperationalError)
-                raise StoreError(f"projection store {self.path}: {exc}", retryable=retryable) from exc
-            raise
+        return write_transaction(self._db, self._failure)
+
+    def _failure(self, detail: str, retryable: bool) -> StoreError:
+        return StoreError(f"projection store {self.path}: {detail}", retryable=retryable)
 
     def _table_sql(self, table: Table) -> _TableSql:
         sql = self._sql.get(table.name)
