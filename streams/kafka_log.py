@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from streams.errors import ConfigError, EventLogError, TopicNotFound
@@ -25,6 +26,7 @@ from streams.log import (
     TopicStats,
 )
 from streams.partitioning import partition_for
+from streams.progress import Progress, decode_done_ahead, encode_done_ahead
 
 try:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
@@ -245,6 +247,10 @@ class KafkaEventLog(EventLog):
         self._producer = self._reader = self._admin = None
 
 
+def _with_progress(offset: int, done_ahead: AbstractSet[int] | None) -> tuple[int, str]:
+    return offset, encode_done_ahead(offset, done_ahead or ())
+
+
 def _to_record(msg: Any) -> LogRecord:
     return LogRecord(
         msg.topic,
@@ -272,6 +278,10 @@ class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
 
 class KafkaGroupConsumer(GroupConsumer):
     """A consumer-group member with a transactional producer for exactly-once commits."""
+
+    # Progress rides in the offset commit's metadata, which brokers cap at 4 KiB by default;
+    # a few bytes per record in flight keeps 500 well inside it.
+    max_done_ahead_gaps = 500
 
     def __init__(self, log: KafkaEventLog, group: str, topics: list[str], member: str) -> None:
         self.log = log
@@ -315,7 +325,13 @@ class KafkaGroupConsumer(GroupConsumer):
         self._polled_generation = self._listener.generation
         return [_to_record(msg) for msgs in batches.values() for msg in msgs]
 
-    async def commit(self, outputs: Sequence[OutgoingRecord], consumed: Mapping[TopicPartition, int]) -> None:
+    async def commit(
+        self,
+        outputs: Sequence[OutgoingRecord],
+        consumed: Mapping[TopicPartition, int],
+        done_ahead: Mapping[TopicPartition, AbstractSet[int]] | None = None,
+    ) -> None:
+        ahead = done_ahead or {}
         if self._listener.generation != self._polled_generation:
             await self.rewind()
             raise EventLogError(f"{self.group}: partitions were reassigned mid-batch", retryable=True)
@@ -332,7 +348,10 @@ class KafkaGroupConsumer(GroupConsumer):
                     for r in outputs
                 ]
                 await self._producer.send_offsets_to_transaction(
-                    {KafkaTP(tp.topic, tp.partition): offset for tp, offset in consumed.items()},
+                    {
+                        KafkaTP(tp.topic, tp.partition): _with_progress(offset, ahead.get(tp))
+                        for tp, offset in consumed.items()
+                    },
                     self.group,
                 )
             await asyncio.gather(*futures)
@@ -353,6 +372,26 @@ class KafkaGroupConsumer(GroupConsumer):
     async def committed(self, tp: TopicPartition) -> int:
         value = await self._consumer.committed(KafkaTP(tp.topic, tp.partition))
         return int(value or 0)
+
+    async def progress(self, tp: TopicPartition) -> Progress:
+        admin = await self.log._admin_client()
+        ktp = KafkaTP(tp.topic, tp.partition)
+        try:
+            found = await admin.list_consumer_group_offsets(self.group, partitions=[ktp])
+        except KafkaError as exc:
+            raise _translate(exc, f"reading the progress of {self.group}") from exc
+        committed = found.get(ktp)
+        if committed is None or committed.offset < 0:
+            return Progress()
+        return Progress(committed.offset, decode_done_ahead(committed.offset, committed.metadata))
+
+    def pause(self, tps: AbstractSet[TopicPartition]) -> None:
+        mine = self._consumer.assignment()
+        self._consumer.pause(*(k for k in (KafkaTP(tp.topic, tp.partition) for tp in tps) if k in mine))
+
+    def resume(self, tps: AbstractSet[TopicPartition]) -> None:
+        mine = self._consumer.assignment()
+        self._consumer.resume(*(k for k in (KafkaTP(tp.topic, tp.partition) for tp in tps) if k in mine))
 
     async def stop(self) -> None:
         await self._consumer.stop()

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+from streams.progress import Progress
 
 Headers = tuple[tuple[str, bytes], ...]
 
@@ -78,12 +81,16 @@ class TopicStats:
 class GroupConsumer(ABC):
     """A member of a consumer group: reads its partitions and commits exactly once.
 
-    `commit` appends the output records and moves the group's committed offsets in one
+    `commit` appends the output records and moves the group's committed progress in one
     atomic step (a SQLite transaction; a Kafka transaction), so a crash either keeps
-    both or neither: outputs are never lost and never duplicated.
+    both or neither: outputs are never lost and never duplicated. Progress may include
+    records done out of order (`done_ahead`, see `streams.progress`).
     """
 
     group: str
+    max_done_ahead_gaps: int | None = None
+    """How many not-yet-done records a partition's progress can carry past its committed
+    offset, or None for no limit. A worker stops reading a partition that reaches it."""
 
     @abstractmethod
     async def start(self) -> None:
@@ -94,8 +101,14 @@ class GroupConsumer(ABC):
         """Up to `max_records` records after the current position, waiting up to `timeout_s`."""
 
     @abstractmethod
-    async def commit(self, outputs: Sequence[OutgoingRecord], consumed: Mapping[TopicPartition, int]) -> None:
-        """Atomically append `outputs` and set committed offsets to `consumed` (next offsets)."""
+    async def commit(
+        self,
+        outputs: Sequence[OutgoingRecord],
+        consumed: Mapping[TopicPartition, int],
+        done_ahead: Mapping[TopicPartition, AbstractSet[int]] | None = None,
+    ) -> None:
+        """Atomically append `outputs` and set committed offsets to `consumed` (next offsets),
+        with `done_ahead` the records past them that are done too (none if not given)."""
 
     @abstractmethod
     async def rewind(self) -> None:
@@ -104,6 +117,16 @@ class GroupConsumer(ABC):
     @abstractmethod
     async def committed(self, tp: TopicPartition) -> int:
         """The group's committed offset (the next one to read) for a partition."""
+
+    async def progress(self, tp: TopicPartition) -> Progress:
+        """The group's committed progress in a partition, done-ahead records included."""
+        return Progress(await self.committed(tp))
+
+    def pause(self, tps: AbstractSet[TopicPartition]) -> None:
+        """Stop returning records of these partitions from `poll` until `resume`."""
+
+    def resume(self, tps: AbstractSet[TopicPartition]) -> None:
+        """Return records of these partitions from `poll` again."""
 
     def assigned(self) -> frozenset[TopicPartition] | None:
         """The partitions this member reads now, or None when it reads all of them (the

@@ -16,6 +16,7 @@ import sqlite3
 import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -32,6 +33,7 @@ from streams.log import (
     TopicStats,
 )
 from streams.partitioning import partition_for
+from streams.progress import Progress, decode_done_ahead, encode_done_ahead
 from streams.sqlite_tx import write_transaction
 
 _SCHEMA = """
@@ -57,6 +59,7 @@ CREATE TABLE IF NOT EXISTS group_offsets (
   group_id TEXT NOT NULL,
   tp INTEGER NOT NULL,
   next_offset INTEGER NOT NULL,
+  done_ahead TEXT,
   PRIMARY KEY (group_id, tp)) WITHOUT ROWID;
 """
 
@@ -108,6 +111,9 @@ class SqliteEventLog(EventLog):
             self._db.execute(f"PRAGMA synchronous={_SYNC_MODES[synchronous]}")
             self._db.execute("PRAGMA busy_timeout=30000")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(group_offsets)")}
+            if "done_ahead" not in columns:  # a log written before out-of-order progress
+                self._db.execute("ALTER TABLE group_offsets ADD COLUMN done_ahead TEXT")
         except sqlite3.Error as exc:
             raise EventLogError(f"cannot open event log {self.path}: {exc}") from exc
         self._wakeup = _wakeups.setdefault(str(self.path), _Wakeup())
@@ -252,22 +258,33 @@ class SqliteEventLog(EventLog):
 
     # -- used by SqliteGroupConsumer -----------------------------------------------
 
-    def _committed(self, group: str, tp_id: int) -> int:
+    def _committed(self, group: str, tp_id: int) -> Progress:
         row = self._db.execute(
-            "SELECT next_offset FROM group_offsets WHERE group_id = ? AND tp = ?", (group, tp_id)
+            "SELECT next_offset, done_ahead FROM group_offsets WHERE group_id = ? AND tp = ?",
+            (group, tp_id),
         ).fetchone()
-        return int(row[0]) if row else 0
+        if row is None:
+            return Progress()
+        return Progress(int(row[0]), decode_done_ahead(int(row[0]), row[1]))
 
     def _commit(
-        self, group: str, outputs: Sequence[OutgoingRecord], consumed: Mapping[TopicPartition, int]
+        self,
+        group: str,
+        outputs: Sequence[OutgoingRecord],
+        consumed: Mapping[TopicPartition, int],
+        done_ahead: Mapping[TopicPartition, AbstractSet[int]],
     ) -> None:
         with self._write() as db:
             if outputs:
                 self._append_in_txn(outputs)
             db.executemany(
-                "INSERT INTO group_offsets (group_id, tp, next_offset) VALUES (?, ?, ?)"
-                " ON CONFLICT (group_id, tp) DO UPDATE SET next_offset = excluded.next_offset",
-                [(group, self._tp_id(tp), offset) for tp, offset in consumed.items()],
+                "INSERT INTO group_offsets (group_id, tp, next_offset, done_ahead) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (group_id, tp) DO UPDATE"
+                " SET next_offset = excluded.next_offset, done_ahead = excluded.done_ahead",
+                [
+                    (group, self._tp_id(tp), offset, encode_done_ahead(offset, done_ahead.get(tp, ())))
+                    for tp, offset in consumed.items()
+                ],
             )
 
 
@@ -282,6 +299,7 @@ class SqliteGroupConsumer(GroupConsumer):
         self._tp_ids: dict[TopicPartition, int] = {}
         self._lock_file: IO[bytes] | None = None
         self._waiter = asyncio.Event()
+        self._paused: set[TopicPartition] = set()
 
     async def start(self, lock_timeout_s: float = 30.0) -> None:
         digest = hashlib.sha256(self.group.encode()).hexdigest()[:16]
@@ -317,6 +335,8 @@ class SqliteGroupConsumer(GroupConsumer):
         for tp, position in self._positions.items():
             if len(records) >= max_records:
                 break
+            if tp in self._paused:
+                continue
             batch = self.log._db.execute(
                 "SELECT offset, key, value, headers, ts FROM records"
                 " WHERE tp = ? AND offset >= ? ORDER BY offset LIMIT ?",
@@ -346,14 +366,30 @@ class SqliteGroupConsumer(GroupConsumer):
             except TimeoutError:
                 idle_wait = min(idle_wait * 2, 0.05)
 
-    async def commit(self, outputs: Sequence[OutgoingRecord], consumed: Mapping[TopicPartition, int]) -> None:
-        self.log._commit(self.group, outputs, consumed)
+    async def commit(
+        self,
+        outputs: Sequence[OutgoingRecord],
+        consumed: Mapping[TopicPartition, int],
+        done_ahead: Mapping[TopicPartition, AbstractSet[int]] | None = None,
+    ) -> None:
+        self.log._commit(self.group, outputs, consumed, done_ahead or {})
 
     async def rewind(self) -> None:
-        self._positions = {tp: self.log._committed(self.group, tp_id) for tp, tp_id in self._tp_ids.items()}
+        self._positions = {
+            tp: self.log._committed(self.group, tp_id).next_offset for tp, tp_id in self._tp_ids.items()
+        }
 
     async def committed(self, tp: TopicPartition) -> int:
+        return self.log._committed(self.group, self.log._tp_id(tp)).next_offset
+
+    async def progress(self, tp: TopicPartition) -> Progress:
         return self.log._committed(self.group, self.log._tp_id(tp))
+
+    def pause(self, tps: AbstractSet[TopicPartition]) -> None:
+        self._paused |= tps
+
+    def resume(self, tps: AbstractSet[TopicPartition]) -> None:
+        self._paused -= tps
 
     async def stop(self) -> None:
         self.log._wakeup.waiters.discard(self._waiter)

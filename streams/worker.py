@@ -1,10 +1,15 @@
-"""The worker runtime: hosts one handler over a consumer group, exactly once.
+"""The worker runtime: hosts one handler over a consumer group, exactly once, and never
+lets one run wait for another.
 
 A handler declares the event types it consumes and returns the events to emit. The
-worker reads a batch, decodes it, calls the handler for each event it consumes, and then
-commits the batch's outputs together with the consumed offsets in one atomic step. A
-worker killed at any instant therefore redoes at most the uncommitted batch, and its
-outputs are never appended twice.
+worker reads records, hands each one it consumes to its handler, and commits a record's
+outputs together with the group's progress in one atomic step, as soon as the handler
+returns. Records of one run (one key) are handled one at a time, in log order; records
+of different runs are handled concurrently, so a model call that takes a minute holds up
+only its own run: other runs' records finish and commit around it. The group's progress
+is therefore an offset plus the records done out of order past it (`streams.progress`),
+and a worker killed at any instant redoes exactly the records whose outputs did not
+commit: outputs are never lost and never appended twice.
 
 Records that can never be processed (not our wire format, unknown schema id, an event
 type we do not know, a corrupt body, a handler that rejects the event or keeps failing)
@@ -15,11 +20,14 @@ the reason in headers; the worker keeps going.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from streams.codec import DeadLetterReason, EventCodec
 from streams.envelope import caused_by
@@ -113,6 +121,32 @@ class WorkerStats:
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class _Done:
+    """A handled record whose outputs wait for the next commit."""
+
+    position: TopicPartition
+    offset: int
+    key: object
+    outputs: list[OutgoingRecord]
+    emitted: int
+    """How many of the key's unflushed events this record added (see `Worker._unflushed`)."""
+
+
+@dataclass
+class _PartitionState:
+    """What the worker knows of one partition it reads."""
+
+    next_offset: int
+    """Every record below it is done and committed."""
+    done: set[int]
+    """Done records at or after `next_offset` (committed, or in the commit under way)."""
+    open: set[int] = field(default_factory=set)
+    """Read records not yet done: queued, being handled, or waiting for their commit."""
+    position: int = 0
+    """The offset after the last record read."""
+
+
 class Worker:
     """Runs one handler as a member of its consumer group."""
 
@@ -129,8 +163,10 @@ class Worker:
         poll_timeout_s: float = 0.2,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        max_concurrency: int = 64,
+        max_in_flight: int = 10_000,
     ) -> None:
+        """`max_in_flight`: how many read records may be open at once (queued behind their
+        run, being handled or waiting for their commit); reading pauses at the limit."""
         self.log = log_
         self.codec = codec
         self.handler = handler
@@ -141,22 +177,41 @@ class Worker:
         self.batch_size = batch_size
         self.poll_timeout_s = poll_timeout_s
         self.retry = retry or RetryPolicy()
+        self.max_in_flight = max_in_flight
         self.stats = WorkerStats()
         self._sleep = sleep
-        self._concurrency = asyncio.Semaphore(max_concurrency)
         self._consumer: GroupConsumer | None = None
+        self._partitions: dict[TopicPartition, _PartitionState] = {}
+        self._paused: set[TopicPartition] = set()
+        self._assigned: frozenset[TopicPartition] | None = None
+        self._chains: dict[object, deque[LogRecord]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Events a key's records emitted that are not committed yet: later records of the
+        # same run must see them (`HandlerContext.uncommitted`) though the log does not yet.
+        self._unflushed: dict[object, list[Event]] = {}
+        self._ready: list[_Done] = []
+        self._wake = asyncio.Event()
+        self._poll: asyncio.Future[list[LogRecord]] | None = None
+        self._failure: BaseException | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Records read and not yet committed."""
+        return sum(len(state.open) for state in self._partitions.values())
 
     async def start(self) -> None:
         self._consumer = self.log.consumer(self.group, self.input_topics, member=self.member)
         await self._consumer.start()
+        self._assigned = self._consumer.assigned()
 
     async def stop(self) -> None:
+        await self._abandon()
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Process batches until `stop` is set (or forever)."""
+        """Process records until `stop` is set (or forever)."""
         await self.start()
         try:
             while stop is None or not stop.is_set():
@@ -165,50 +220,188 @@ class Worker:
             await self.stop()
 
     async def step(self) -> int:
-        """Poll one batch, process and commit it; returns how many records it read."""
-        assert self._consumer is not None, "start() the worker first"
-        records = await self._consumer.poll(self.batch_size, self.poll_timeout_s)
-        if not records:
-            return 0
-        # Records of one run (one key) are handled in order; different runs concurrently.
-        by_key: dict[bytes | None, list[int]] = {}
-        for index, record in enumerate(records):
-            by_key.setdefault(record.key if self.handler.ordered else index.to_bytes(4), []).append(index)
-        results: list[list[OutgoingRecord]] = [[] for _ in records]
+        """Read what there is room for, start handling it, and commit what finished.
 
-        async def handle_run(indexes: list[int]) -> None:
-            emitted: list[Event] = []
-            for index in indexes:
-                async with self._concurrency:
-                    results[index] = await self._process(records[index], emitted)
+        Waits up to the poll timeout for records or for a handler to finish. Returns how
+        many records it read or committed plus how many are still open, so
+        `while await worker.step(): ...` runs until everything read is committed.
+        """
+        consumer = self._consumer
+        assert consumer is not None, "start() the worker first"
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+        if self._poll is None and self.in_flight < self.max_in_flight:
+            self._poll = asyncio.ensure_future(consumer.poll(self.batch_size, self.poll_timeout_s))
+        if not self._ready:
+            self._wake.clear()
+            woken = asyncio.ensure_future(self._wake.wait())
+            waiting: set[asyncio.Future[Any]] = {woken}
+            if self._poll is not None:
+                waiting.add(self._poll)
+            try:
+                await asyncio.wait(waiting, timeout=self.poll_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                woken.cancel()
+        progressed = 0
+        if self._poll is not None and self._poll.done():
+            poll, self._poll = self._poll, None
+            records = poll.result()
+            if consumer.assigned() != self._assigned:
+                # Partitions moved to or from another member: start over from what committed.
+                await self._abandon()
+                await consumer.rewind()
+                self._assigned = consumer.assigned()
+                return len(records)
+            await self._dispatch(records)
+            progressed += len(records)
+        if self._ready:
+            progressed += await self._commit_ready()
+        self._pause_or_resume()
+        return progressed + self.in_flight
 
-        await asyncio.gather(*(handle_run(indexes) for indexes in by_key.values()))
-        outputs = [out for result in results for out in result]
-        consumed: dict[TopicPartition, int] = {}
+    async def _dispatch(self, records: list[LogRecord]) -> None:
+        assert self._consumer is not None
         for record in records:
-            consumed[record.position] = record.offset + 1
+            tp = record.position
+            state = self._partitions.get(tp)
+            if state is None:
+                progress = await self._consumer.progress(tp)
+                state = self._partitions[tp] = _PartitionState(
+                    progress.next_offset, set(progress.done_ahead), position=progress.next_offset
+                )
+            state.position = max(state.position, record.offset + 1)
+            if record.offset < state.next_offset or record.offset in state.done:
+                continue  # done before a restart: its outputs are on the log already
+            state.open.add(record.offset)
+            self.stats.records += 1
+            try:
+                type_name = await self.codec.type_of(record.value)
+            except PoisonEvent as poison:
+                self._finish(record, None, [self._dead_letter(record, poison.reason, poison.detail)], 0)
+                continue
+            if type_name not in self.handler.consumes:
+                self._finish(record, None, [], 0)
+                continue
+            key: object = record.key if self.handler.ordered else (tp, record.offset)
+            chain = self._chains.get(key)
+            if chain is not None:
+                chain.append(record)
+                continue
+            self._chains[key] = deque([record])
+            task = asyncio.create_task(self._handle_chain(key), name=f"{self.group}:{record.offset}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handle_chain(self, key: object) -> None:
+        """Handle a key's records one after another, in log order, until none is left."""
+        chain = self._chains[key]
+        try:
+            while chain:
+                record = chain[0]
+                emitted = self._unflushed.setdefault(key, [])
+                before = len(emitted)
+                outputs = await self._process(record, emitted)
+                chain.popleft()
+                self._finish(record, key, outputs, len(emitted) - before)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug in the worker itself: surface it from step()
+            self._failure = exc
+            self._wake.set()
+        finally:
+            if self._chains.get(key) is chain:
+                del self._chains[key]
+
+    def _finish(self, record: LogRecord, key: object, outputs: list[OutgoingRecord], emitted: int) -> None:
+        self._ready.append(_Done(record.position, record.offset, key, outputs, emitted))
+        self._wake.set()
+
+    async def _commit_ready(self) -> int:
+        assert self._consumer is not None
+        ready, self._ready = self._ready, []
+        outputs = [out for done in ready for out in done.outputs]
+        touched: set[TopicPartition] = set()
+        for done in ready:
+            state = self._partitions[done.position]
+            state.open.discard(done.offset)
+            state.done.add(done.offset)
+            touched.add(done.position)
+        consumed: dict[TopicPartition, int] = {}
+        ahead: dict[TopicPartition, set[int]] = {}
+        for tp in touched:
+            state = self._partitions[tp]
+            next_offset = min(state.open) if state.open else state.position
+            state.done = {o for o in state.done if o >= next_offset}
+            consumed[tp] = next_offset
+            ahead[tp] = state.done
         attempt = 1
         while True:
             try:
-                await self._consumer.commit(outputs, consumed)
+                await self._consumer.commit(outputs, consumed, ahead)
                 break
             except AgentstreamError as exc:
                 self.stats.commit_failures += 1
                 if not exc.retryable or attempt >= self.retry.max_attempts:
+                    log.warning("commit of %s failed for good, starting over: %s", self.group, exc)
+                    await self._abandon()
                     await self._consumer.rewind()
-                    raise
+                    if not exc.retryable:
+                        raise
+                    return 0
                 log.warning("commit of %s failed (attempt %d): %s", self.group, attempt, exc)
                 await self._sleep(self.retry.delay(attempt))
                 attempt += 1
+        for tp, next_offset in consumed.items():
+            self._partitions[tp].next_offset = next_offset
+        for done in ready:
+            if done.emitted:
+                emitted = self._unflushed.get(done.key)
+                if emitted is not None:
+                    del emitted[: done.emitted]
+                    if not emitted and done.key not in self._chains:
+                        del self._unflushed[done.key]
         self.stats.batches += 1
-        self.stats.records += len(records)
-        return len(records)
+        return len(ready)
+
+    def _pause_or_resume(self) -> None:
+        """Stop reading a partition whose progress could not carry more open records."""
+        assert self._consumer is not None
+        limit = self._consumer.max_done_ahead_gaps
+        if limit is None:
+            return
+        full = {tp for tp, state in self._partitions.items() if len(state.open) >= limit}
+        roomy = {tp for tp in self._paused if len(self._partitions[tp].open) < limit // 2}
+        if full - self._paused:
+            self._consumer.pause(full - self._paused)
+            self._paused |= full
+        if roomy:
+            self._consumer.resume(roomy)
+            self._paused -= roomy
+
+    async def _abandon(self) -> None:
+        """Drop everything not committed; it is redone from the committed progress."""
+        if self._poll is not None:
+            self._poll.cancel()
+            with contextlib.suppress(BaseException):
+                await self._poll
+            self._poll = None
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if self._consumer is not None and self._paused:
+            self._consumer.resume(set(self._paused))
+        self._paused.clear()
+        self._chains.clear()
+        self._unflushed.clear()
+        self._ready.clear()
+        self._partitions.clear()
 
     async def _process(self, record: LogRecord, emitted_for_run: list[Event]) -> list[OutgoingRecord]:
         try:
-            type_name = await self.codec.type_of(record.value)
-            if type_name not in self.handler.consumes:
-                return []
             event = await self.codec.decode(record.value)
         except PoisonEvent as poison:
             return [self._dead_letter(record, poison.reason, poison.detail)]

@@ -12,7 +12,7 @@ from streams.log import EventLog, LogRecord, OutgoingRecord
 from streams.worker import RetryPolicy, Worker
 from tests.support.backends import Backend
 from tests.support.events import message
-from tests.support.handlers import Echo
+from tests.support.handlers import Echo, Gate
 
 
 async def _no_sleep(_: float) -> None:
@@ -166,3 +166,100 @@ async def test_every_kind_of_poison_goes_to_the_dlq_and_the_worker_keeps_going(
     outputs = sorted(o.reason for o in await _outputs(log, codec, topic))
     assert outputs == ["echo:after", "echo:before"], "nothing else is lost"
     assert worker.stats.dead_lettered == len(dead)
+
+
+def _gated(backend: Backend, log: EventLog, codec: EventCodec, gate: Gate) -> Worker:
+    return Worker(
+        log, codec, gate, topics=backend.topics, batch_size=50, poll_timeout_s=0.05, sleep=_no_sleep
+    )
+
+
+async def _append_to(
+    backend: Backend, log: EventLog, codec: EventCodec, runs_and_contents: list[tuple[str, str]]
+) -> None:
+    topic = backend.topics.events
+    events = [message(run, content) for run, content in runs_and_contents]
+    await log.append(
+        [OutgoingRecord(topic, e.meta.run_id.encode(), await codec.encode(topic, e)) for e in events]
+    )
+
+
+async def _step_until(worker: Worker, done: object, limit: int = 400) -> None:
+    for _ in range(limit):
+        await worker.step()
+        if await done():  # type: ignore[operator]
+            return
+    raise AssertionError("the worker did not get there")
+
+
+async def test_a_slow_record_holds_up_only_its_own_run(backend: Backend, log: EventLog) -> None:
+    """Other runs' records finish and commit while one run's handler is still busy, and the
+    busy run's later record waits for it: per-run order, no run waiting for another."""
+    codec = backend.codec()
+    await _append_to(backend, log, codec, [("run-slow", "hold-1"), ("run-slow", "after-hold")])
+    await _append_to(backend, log, codec, [(f"run-{i}", f"quick-{i}") for i in range(12)])
+    gate = Gate()
+    worker = _gated(backend, log, codec, gate)
+    await worker.start()
+    try:
+
+        async def quick_ones_committed() -> bool:
+            reasons = [o.reason for o in await _outputs(log, codec, backend.topics.events)]
+            return sum(r.startswith("echo:quick-") for r in reasons) == 12
+
+        await _step_until(worker, quick_ones_committed)
+        reasons = [o.reason for o in await _outputs(log, codec, backend.topics.events)]
+        assert gate.holding == 1, "the slow record is still being handled"
+        assert "echo:hold-1" not in reasons and "echo:after-hold" not in reasons
+        assert "after-hold" not in gate.started, "a run's next record waits for the one before it"
+
+        gate.gate.set()
+
+        async def all_committed() -> bool:
+            return len(await _outputs(log, codec, backend.topics.events)) == 14
+
+        await _step_until(worker, all_committed)
+    finally:
+        await worker.stop()
+    reasons = [o.reason for o in await _outputs(log, codec, backend.topics.events)]
+    assert reasons.index("echo:hold-1") < reasons.index("echo:after-hold")
+    assert sorted(reasons) == sorted(
+        [f"echo:quick-{i}" for i in range(12)] + ["echo:hold-1", "echo:after-hold"]
+    )
+
+
+async def test_a_restart_redoes_only_what_did_not_commit(backend: Backend, log: EventLog) -> None:
+    """Records that finished past a slow one are remembered in the committed progress: a
+    new member redoes the slow one (and what queued behind it) and nothing else."""
+    codec = backend.codec()
+    await _append_to(backend, log, codec, [(f"run-{i}", f"early-{i}") for i in range(5)])
+    await _append_to(backend, log, codec, [("run-slow", "hold-1"), ("run-slow", "after-hold")])
+    await _append_to(backend, log, codec, [(f"run-{i}", f"late-{i}") for i in range(9)])
+    first_gate = Gate()
+    first = _gated(backend, log, codec, first_gate)
+    await first.start()
+
+    async def others_committed() -> bool:
+        return len(await _outputs(log, codec, backend.topics.events)) == 14
+
+    await _step_until(first, others_committed)
+    assert first_gate.holding == 1
+    await first.stop()  # the member goes away mid-call, like a crash: nothing more commits
+
+    second_gate = Gate()
+    second_gate.gate.set()
+    second = _gated(backend, log, codec, second_gate)
+    await second.start()
+
+    async def all_committed() -> bool:
+        return len(await _outputs(log, codec, backend.topics.events)) >= 16
+
+    try:
+        await _step_until(second, all_committed)
+        for _ in range(5):  # anything redone by mistake would show up now
+            await second.step()
+    finally:
+        await second.stop()
+    assert sorted(second_gate.started) == ["after-hold", "hold-1"], "only the uncommitted records are redone"
+    reasons = [o.reason for o in await _outputs(log, codec, backend.topics.events)]
+    assert len(reasons) == len(set(reasons)) == 16, "every output once"

@@ -49,3 +49,29 @@ class SlowEcho(Echo):
 
         await asyncio.sleep(0.001)
         return await super().handle(event, ctx)
+
+
+class Gate(Echo):
+    """Echo that holds every message whose content starts with `hold` until the test opens
+    the gate: a stand-in for a model call that takes minutes."""
+
+    name = "gate"
+
+    def __init__(self) -> None:
+        super().__init__()
+        import asyncio
+
+        self.gate = asyncio.Event()
+        self.holding = 0
+        self.started: list[str] = []
+
+    async def handle(self, event: Event, ctx: HandlerContext) -> Sequence[Event]:
+        assert isinstance(event, AgentMessage)
+        self.started.append(event.content)
+        if event.content.startswith("hold"):
+            self.holding += 1
+            try:
+                await self.gate.wait()
+            finally:
+                self.holding -= 1
+        return await super().handle(event, ctx)
