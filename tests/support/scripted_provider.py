@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # hundreds of runs call at once
+    daemon_threads = True
 
 
 class ConversationalProvider:
@@ -23,8 +29,20 @@ class ConversationalProvider:
         steps: int = 3,
         tool: str = "side_effect",
         arguments: Callable[[int], dict[str, Any]] = lambda n: {"n": n},
+        hold_models: frozenset[str] = frozenset(),
+        latency_s: float = 0.0,
     ) -> None:
+        """Requests for a model in `hold_models` wait until `release` is set: a model call
+        that takes as long as the test wants. Every reply takes at least `latency_s`."""
         self.steps = steps
+        self.latency_s = latency_s
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.hold_models = hold_models
+        self.release = threading.Event()
+        self.held = 0
+        self.answered: dict[str, int] = {}
+        self._lock = threading.Lock()
         self.tool = tool
         self.arguments = arguments
         self.calls = 0
@@ -34,20 +52,38 @@ class ConversationalProvider:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 reply = json.dumps(provider.reply(body)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(reply)))
+                    self.end_headers()
+                    self.wfile.write(reply)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the caller was killed while it waited: crash tests do that
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def reply(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.calls += 1
+        model = str(body.get("model", ""))
+        with self._lock:
+            self.calls += 1
+            holding = model in self.hold_models
+            self.held += holding
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        if holding:
+            self.release.wait(120)
+            with self._lock:
+                self.held -= 1
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        with self._lock:
+            self.answered[model] = self.answered.get(model, 0) + 1
+            self.in_flight -= 1
         done = sum(1 for m in body["messages"] if m["role"] == "tool")
         message: dict[str, Any] = {"role": "assistant", "content": None}
         if done < self.steps:
