@@ -26,7 +26,7 @@ class Evaluator(Handler):
         self.loop_repeats = loop_repeats
 
     async def handle(self, event: Event, ctx: HandlerContext) -> Sequence[Event]:
-        view = await self.views.view(event.meta.run_id, ctx.uncommitted)
+        view = await self.views.for_handler(event, ctx)
         if view.terminal:
             return []
         hit = limits.spending(view)

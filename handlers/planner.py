@@ -135,7 +135,7 @@ class Planner(FailsRunWhenStuck):
         return problems
 
     async def handle(self, event: Event, ctx: HandlerContext) -> Sequence[Event]:
-        view = await self.views.view(event.meta.run_id, ctx.uncommitted)
+        view = await self.views.for_handler(event, ctx)
         if view.terminal or view.status == "suspended" or view.pending_calls or not view.goal:
             return []
         if hit := limits.deadline(view) or limits.steps(view):

@@ -88,7 +88,7 @@ class ToolRouter(FailsRunWhenStuck):
         self.policies = TenantPolicies.of(policy)
 
     async def handle(self, event: Event, ctx: HandlerContext) -> Sequence[Event]:
-        view = await self.views.view(event.meta.run_id, ctx.uncommitted)
+        view = await self.views.for_handler(event, ctx)
         if view.terminal:
             return []
         if isinstance(event, ApprovalDecided):

@@ -117,7 +117,7 @@ class ToolExecutor(FailsRunWhenStuck):
     async def _launch(self, event: ToolCallDispatched, tool: SandboxTool, ctx: HandlerContext) -> list[Event]:
         """Launch the call's job and say so; the job watcher records its result."""
         if self.views is not None:
-            view = await self.views.view(event.meta.run_id, ctx.uncommitted)
+            view = await self.views.for_handler(event, ctx)
             call = view.call(event.tool_call_id)
             if call is not None and call.status == "observed":
                 return []  # a redelivered dispatch of a call whose job already ran

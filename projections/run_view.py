@@ -7,6 +7,7 @@ lets any projection store be rebuilt from offset 0 and compared with the live on
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -39,9 +40,10 @@ from streams.events import (
     ToolCallRejected,
     ToolCallRequested,
 )
-from streams.log import EventLog
+from streams.log import EventLog, LogRecord
 from streams.partitioning import partition_for
 from streams.topics import Topics
+from streams.worker import HandlerContext
 
 RunStatus = Literal["running", "suspended", "completed", "failed", "aborted", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "aborted", "cancelled"})
@@ -318,11 +320,16 @@ class RunView:
 
 
 class RunViews:
-    """Builds a run's current view from the log: always as fresh as the log.
+    """Builds a run's current view from the log, at a cost that does not grow with the
+    topic or with the number of runs.
 
-    `include` adds events a handler emitted earlier in its current batch, which are not
-    committed yet (see `HandlerContext.uncommitted`). Records that cannot be decoded are
-    left out here; the workers dead-letter them.
+    One tail per partition reads each record once for every run at once and keeps the
+    decoded events of recently used runs (least recently used runs are evicted, and read
+    back by key when needed again). A view is as fresh as the caller asks: `view()` reads
+    up to the log's end; a handler's view (`for_handler`) reads up to what its worker has
+    consumed, which is all it may rely on, plus the events it emitted itself that the log
+    has not shown it yet (`HandlerContext.uncommitted`). Records that cannot be decoded
+    are left out here; the workers dead-letter them.
     """
 
     def __init__(self, log: EventLog, codec: EventCodec, topics: Topics, *, cache_runs: int = 10_000) -> None:
@@ -330,30 +337,97 @@ class RunViews:
         self.codec = codec
         self.topics = topics
         self.cache_runs = cache_runs
-        # run id -> (next offset to read, events decoded so far): each call reads and
-        # decodes only what was appended since the last one. Least recently used first.
-        self._cache: OrderedDict[str, tuple[int, list[Event]]] = OrderedDict()
+        self._cache: OrderedDict[str, list[Event]] = OrderedDict()
+        self._tails: dict[int, int] = {}  # partition -> the next offset its tail reads
+        self._locks: dict[int, asyncio.Lock] = {}
+        # Runs evicted from the cache: their absence from it says nothing. Bounded; past the
+        # bound absence is never trusted again and a missing run is read back by key.
+        self._evicted: set[str] = set()
+        self._absence_known = True
 
-    async def events(self, run_id: str) -> list[Event]:
-        """The run's committed events, in log order."""
-        key = run_id.encode()
-        topic = self.topics.events
-        partition = partition_for(key, await self.log.partitions(topic))
-        next_offset, known = self._cache.pop(run_id, (0, []))
-        events = list(known)
-        for record in await self.log.read_key(topic, partition, key, next_offset):
-            next_offset = record.offset + 1
+    async def _partition(self, run_id: str) -> int:
+        return partition_for(run_id.encode(), await self.log.partitions(self.topics.events))
+
+    async def _catch_up(self, partition: int, through: int | None) -> None:
+        """Read the partition's new records into the cached runs, up to `through` (the log's
+        end when None)."""
+        lock = self._locks.setdefault(partition, asyncio.Lock())
+        async with lock:
+            tail = self._tails.get(partition, 0)
+            if through is not None and tail >= through:
+                return
+            topic = self.topics.events
+            end = through if through is not None else await self.log.end_offset(topic, partition)
+            while tail < end:
+                batch = await self.log.read(topic, partition, tail, 5000)
+                if not batch:
+                    break
+                for record in batch:
+                    await self._take(record)
+                tail = batch[-1].offset + 1
+                self._tails[partition] = tail
+
+    async def _take(self, record: LogRecord) -> None:
+        if record.key is None:
+            return
+        run_id = record.key.decode(errors="replace")
+        events = self._cache.get(run_id)
+        try:
+            if events is None:
+                # A run's first event starts its entry; other runs' history is read back
+                # by key if they are ever asked for.
+                if await self.codec.type_of(record.value) != "TaskSubmitted":
+                    return
+                events = self._remember(run_id, [])
+            events.append(await self.codec.decode(record.value))
+        except PoisonEvent:
+            return
+
+    def _remember(self, run_id: str, events: list[Event]) -> list[Event]:
+        self._cache[run_id] = events
+        self._evicted.discard(run_id)
+        while len(self._cache) > self.cache_runs:
+            evicted, _ = self._cache.popitem(last=False)
+            self._evicted.add(evicted)
+        if len(self._evicted) > 10 * self.cache_runs:
+            self._evicted.clear()
+            self._absence_known = False
+        return events
+
+    async def events(self, run_id: str, *, through: int | None = None) -> list[Event]:
+        """The run's committed events, in log order, up to `through` at least (to the
+        log's end when None)."""
+        partition = await self._partition(run_id)
+        await self._catch_up(partition, through)
+        cached = self._cache.get(run_id)
+        if cached is not None:
+            self._cache.move_to_end(run_id)
+            return list(cached)
+        if self._absence_known and run_id not in self._evicted:
+            return []  # the tail read the partition from its start and never saw this run
+        tail = self._tails.get(partition, 0)
+        events: list[Event] = []
+        for record in await self.log.read_key(self.topics.events, partition, run_id.encode()):
+            if record.offset >= tail:
+                break  # the tail brings these when it gets there
             try:
                 events.append(await self.codec.decode(record.value))
             except PoisonEvent:
                 continue
-        self._cache[run_id] = (next_offset, events)
-        while len(self._cache) > self.cache_runs:
-            self._cache.popitem(last=False)
+        if events:
+            self._remember(run_id, events)
         return list(events)
 
-    async def view(self, run_id: str, include: Sequence[Event] = ()) -> RunView:
-        events = await self.events(run_id)
+    async def view(
+        self, run_id: str, include: Sequence[Event] = (), *, through: int | None = None
+    ) -> RunView:
+        events = await self.events(run_id, through=through)
         seen = {e.meta.event_id for e in events}
         events.extend(e for e in include if e.meta.event_id not in seen)
         return RunView.fold(run_id, events)
+
+    async def for_handler(self, event: Event, ctx: HandlerContext) -> RunView:
+        """The view a handler decides on: everything its worker has consumed of the run's
+        partition, and what the handler emitted for the run that the log has not yet shown."""
+        through = ctx.consumed_through if ctx.record.topic == self.topics.events else None
+        return await self.view(event.meta.run_id, ctx.uncommitted, through=through)

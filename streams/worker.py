@@ -38,6 +38,10 @@ from streams.topics import Topics
 
 log = logging.getLogger(__name__)
 
+EVENT_ID_HEADER = "agentstream.event_id"
+"""Header of every record a worker appends: the event's id, so the worker recognises its
+own outputs when it reads them back."""
+
 
 class HandlerContext:
     """What a handler knows besides the event: where it came from, and how to stamp outputs."""
@@ -49,14 +53,19 @@ class HandlerContext:
         event: Event,
         attempt: int,
         uncommitted: Sequence[Event] = (),
+        consumed_through: int | None = None,
     ) -> None:
         self.handler = handler
         self.record = record
         self.event = event
         self.attempt = attempt
         self.uncommitted = uncommitted
-        """Events this handler emitted for the same run earlier in the current batch: they
-        are not in the log yet, but a handler reading the run's history must see them."""
+        """Events this handler emitted for the same run that its worker has not read back
+        from the log yet: a handler reading the run's history must see them."""
+        self.consumed_through = consumed_through
+        """The offset up to which the worker has read the record's partition: with
+        `uncommitted`, a view of the log up to here holds everything the handler emitted.
+        None when the log must be read to its end (just after a restart)."""
         self._emitted = 0
 
     def meta(self, *, run_id: str | None = None) -> EventMeta:
@@ -145,6 +154,10 @@ class _PartitionState:
     """Read records not yet done: queued, being handled, or waiting for their commit."""
     position: int = 0
     """The offset after the last record read."""
+    end_at_start: int = 0
+    """The partition's end when the worker took it up: outputs committed before then (by
+    an earlier member) may lie past what it has read, so until it reads that far its
+    handlers' views read to the log's end."""
 
 
 class Worker:
@@ -178,6 +191,7 @@ class Worker:
         self.poll_timeout_s = poll_timeout_s
         self.retry = retry or RetryPolicy()
         self.max_in_flight = max_in_flight
+        self._reads_own_outputs = self.topics.events in self.input_topics
         self.stats = WorkerStats()
         self._sleep = sleep
         self._consumer: GroupConsumer | None = None
@@ -268,9 +282,14 @@ class Worker:
             if state is None:
                 progress = await self._consumer.progress(tp)
                 state = self._partitions[tp] = _PartitionState(
-                    progress.next_offset, set(progress.done_ahead), position=progress.next_offset
+                    progress.next_offset,
+                    set(progress.done_ahead),
+                    position=progress.next_offset,
+                    end_at_start=await self.log.end_offset(tp.topic, tp.partition),
                 )
             state.position = max(state.position, record.offset + 1)
+            if record.key in self._unflushed:
+                self._read_back(record)
             if record.offset < state.next_offset or record.offset in state.done:
                 continue  # done before a restart: its outputs are on the log already
             state.open.add(record.offset)
@@ -293,6 +312,21 @@ class Worker:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _read_back(self, record: LogRecord) -> None:
+        """The log shows the worker one of its own outputs: the handler no longer needs it
+        passed along as uncommitted."""
+        event_id = record.header(EVENT_ID_HEADER)
+        emitted = self._unflushed[record.key]
+        if event_id is None:
+            return
+        wanted = event_id.decode()
+        for index, event in enumerate(emitted):
+            if event.meta.event_id == wanted:
+                del emitted[index]
+                break
+        if not emitted and record.key not in self._chains:
+            del self._unflushed[record.key]
+
     async def _handle_chain(self, key: object) -> None:
         """Handle a key's records one after another, in log order, until none is left."""
         chain = self._chains[key]
@@ -301,7 +335,9 @@ class Worker:
                 record = chain[0]
                 emitted = self._unflushed.setdefault(key, [])
                 before = len(emitted)
-                outputs = await self._process(record, emitted)
+                state = self._partitions[record.position]
+                through = state.position if state.position >= state.end_at_start else None
+                outputs = await self._process(record, emitted, through)
                 chain.popleft()
                 self._finish(record, key, outputs, len(emitted) - before)
         except asyncio.CancelledError:
@@ -355,7 +391,7 @@ class Worker:
         for tp, next_offset in consumed.items():
             self._partitions[tp].next_offset = next_offset
         for done in ready:
-            if done.emitted:
+            if done.emitted and not self._reads_own_outputs:
                 emitted = self._unflushed.get(done.key)
                 if emitted is not None:
                     del emitted[: done.emitted]
@@ -400,14 +436,18 @@ class Worker:
         self._ready.clear()
         self._partitions.clear()
 
-    async def _process(self, record: LogRecord, emitted_for_run: list[Event]) -> list[OutgoingRecord]:
+    async def _process(
+        self, record: LogRecord, emitted_for_run: list[Event], consumed_through: int | None = None
+    ) -> list[OutgoingRecord]:
         try:
             event = await self.codec.decode(record.value)
         except PoisonEvent as poison:
             return [self._dead_letter(record, poison.reason, poison.detail)]
         attempt = 1
         while True:
-            ctx = HandlerContext(self.handler.name, record, event, attempt, tuple(emitted_for_run))
+            ctx = HandlerContext(
+                self.handler.name, record, event, attempt, tuple(emitted_for_run), consumed_through
+            )
             try:
                 emitted = await self.handler.handle(event, ctx)
                 break
@@ -438,7 +478,12 @@ class Worker:
     async def _encode(self, events: Sequence[Event]) -> list[OutgoingRecord]:
         topic = self.topics.events
         return [
-            OutgoingRecord(topic, out.meta.run_id.encode(), await self.codec.encode(topic, out))
+            OutgoingRecord(
+                topic,
+                out.meta.run_id.encode(),
+                await self.codec.encode(topic, out),
+                ((EVENT_ID_HEADER, out.meta.event_id.encode()),),
+            )
             for out in events
         ]
 
