@@ -577,6 +577,7 @@ async def runs(settings: Settings, tenant: str, status: str | None, limit: int, 
         queue = await RunStates(wiring.store).queue(tenant)
     finally:
         await wiring.aclose()
+    click.echo(f"tenant {tenant}: {queue.queued} queued, {queue.in_flight} in flight", err=True)
     if as_json:
         for state in found:
             click.echo(
@@ -595,7 +596,6 @@ async def runs(settings: Settings, tenant: str, status: str | None, limit: int, 
                 )
             )
         return
-    click.echo(f"tenant {tenant}: {queue.queued} queued, {queue.in_flight} in flight", err=True)
     if not found:
         click.echo(f"no runs for tenant {tenant}", err=True)
         return
