@@ -69,9 +69,9 @@ QUEUED_TENANTS = Table(
     columns={"tenant_id": "text", "tenant": "text", "since": "time"},
     key=("tenant_id", "tenant"),
 )
-"""Every tenant that has ever had a queued run (one row each, in `QUEUES_PARTITION`), so
-the admission timer finds the queues without scanning runs. Rows are never removed: the
-table grows with the number of tenants, not with their backlogs."""
+"""Every tenant that has ever had a queued run (one row each, in `QUEUES_PARTITION`, with
+its first queueing), so the admission timer finds the queues without scanning runs. Rows
+are never removed: the table grows with the number of tenants, not with their backlogs."""
 
 IN_FLIGHT = ("running", "suspended")
 """The statuses that hold a slot of the tenant's `max_concurrent_runs`."""
@@ -230,9 +230,11 @@ class RunStateProjection(Projection):
             was_queued = view.status == "queued"
             view.apply(event)
             if view.status == "queued" and not was_queued:
-                tenant = {"tenant_id": QUEUES_PARTITION, "tenant": key[0], "since": event.meta.occurred_at}
-                if await txn.get(QUEUED_TENANTS, (QUEUES_PARTITION, key[0])) is None:
-                    txn.put(QUEUED_TENANTS, tenant)
+                # The earliest queueing wins, so a rebuild gives the same row in any interleaving.
+                since = event.meta.occurred_at
+                known = await txn.get(QUEUED_TENANTS, (QUEUES_PARTITION, key[0]))
+                if known is None or since < known["since"]:
+                    txn.put(QUEUED_TENANTS, {"tenant_id": QUEUES_PARTITION, "tenant": key[0], "since": since})
             touched[key] = (view, created_at, record)
         for key, (view, created_at, record) in touched.items():
             txn.put(RUNS, _row(key[0], view, created_at, record))
