@@ -2,19 +2,20 @@
 
 The intake starts every run of a tenant with `max_concurrent_runs` as `queued`
 (`RunQueued`); this is the one place that lets such runs start. Every serving process
-runs it, every `scan_s` seconds: for each tenant with queued runs (the run-state view's
+runs it, every `admission_scan_s` seconds (`AgentRuntime`): for each tenant with queued runs (the run-state view's
 directory), it counts the tenant's runs in flight (running or suspended) in the run-state
 view and appends `RunAdmitted` for as many of the oldest queued runs as the cap leaves
 room for.
 
-The view lags the log, so each candidate is checked against its view from the log right
-before the append: a run this or another timer admitted a moment ago is counted as in
-flight, not admitted again. Two timers racing append the same event (its id derives from
-the run), and a second `RunAdmitted` is a no-op in the fold. The cap is still a soft
-bound: a run that ended but is not yet projected keeps its slot a little longer (fewer
-runs start, never more), and two timers reading the view at different moments may each
-see one free slot that is really the same one (see docs/design/001-admission.md).
-Queued runs live only in the log and the view; nothing here grows with the backlog.
+The view lags the log, so each candidate is brought up to the log right before the append
+(its stored view plus the records after the view's last offset): a run this or another
+timer admitted a moment ago is counted as in flight, not admitted again. Two timers
+racing append the same event (its id derives from the run), and a second `RunAdmitted`
+is a no-op in the fold. The cap is still a soft bound: a run that ended but is not yet
+projected keeps its slot a little longer (fewer runs start, never more), and two timers
+reading the view at different moments may, in a narrow window, each see one free slot
+that is really the same one (see docs/design/001-admission.md). Queued runs live only in
+the log and the view; nothing here grows with the backlog.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from handlers.policy import TenantPolicies
-from projections.run_state import IN_FLIGHT, RunStates
-from projections.run_view import RunViews
+from projections.run_state import IN_FLIGHT, RunState, RunStates
+from projections.run_view import RunView
 from projections.stores import ProjectionStore
 from projections.stores.base import MAX_ROWS
 from streams.codec import EventCodec
 from streams.envelope import derived_event_id, root_meta
+from streams.errors import PoisonEvent
 from streams.events import RunAdmitted
 from streams.log import EventLog, OutgoingRecord
 from streams.topics import Topics
@@ -53,7 +55,6 @@ class Admissions:
         self.topics = topics
         self.states = RunStates(store)
         self.policies = policies
-        self.views = RunViews(log, codec, topics, cache_runs=1024)
 
     async def admit_due(self) -> Sequence[RunAdmitted]:
         """Admit what every tenant's cap allows now; returns the events appended."""
@@ -65,17 +66,19 @@ class Admissions:
     async def admit(self, tenant: str) -> Sequence[RunAdmitted]:
         """Admit the tenant's oldest queued runs into the free slots of its cap."""
         cap = self.policies.for_tenant(tenant).max_concurrent_runs
+        # Admitted runs the view still shows queued come first in the queue: read past them.
+        candidates = await self.states.queued(
+            tenant, limit=UNCAPPED_PAGE if cap is None else min(MAX_ROWS, 2 * cap)
+        )
+        if not candidates:
+            return []
         holding = await self.states.in_flight(tenant, limit=cap if cap is not None else MAX_ROWS)
         free = UNCAPPED_PAGE if cap is None else cap - holding
-        if free <= 0:
-            return []
-        # Admitted runs the view still shows queued come first in the queue: read past them.
-        candidates = await self.states.queued(tenant, limit=min(MAX_ROWS, free + (cap or 0)))
         admitted: list[RunAdmitted] = []
         for candidate in candidates:
             if free <= 0:
                 break
-            view = await self.views.view(candidate.run_id)
+            view = await self._current(candidate)
             if view.status in IN_FLIGHT:
                 holding, free = holding + 1, free - 1
                 continue
@@ -90,6 +93,24 @@ class Admissions:
             admitted.append(event)
             holding, free = holding + 1, free - 1
         return admitted
+
+    async def _current(self, state: RunState) -> RunView:
+        """The run as of the end of the log: its stored view and the events after it."""
+        view = await self.states.view(state.tenant_id, state.run_id) or RunView(state.run_id)
+        # The stored view may have moved on since `state` was listed: skip what it has folded.
+        folded = max(0, view.events - state.events)
+        key = state.run_id.encode()
+        tail = await self.log.read_key(self.topics.events, state.last_partition, key, state.last_offset + 1)
+        for record in tail:
+            try:
+                event = await self.codec.decode(record.value)
+            except PoisonEvent:
+                continue  # dead-lettered by the workers; the view skips it too
+            if folded:
+                folded -= 1
+                continue
+            view.apply(event)
+        return view
 
 
 __all__ = ["Admissions"]
