@@ -2,10 +2,10 @@
 
 The intake starts every run of a tenant with `max_concurrent_runs` as `queued`
 (`RunQueued`); this is the one place that lets such runs start. Every serving process
-runs it, every `admission_scan_s` seconds (`AgentRuntime`): for each tenant with queued runs (the run-state view's
-directory), it counts the tenant's runs in flight (running or suspended) in the run-state
-view and appends `RunAdmitted` for as many of the oldest queued runs as the cap leaves
-room for.
+runs it every `admission_scan_s` seconds (see `AgentRuntime`): for each tenant with
+queued runs (the run-state view's directory), it counts the tenant's runs in flight
+(running or suspended) in the run-state view and appends `RunAdmitted` for as many of
+the oldest queued runs as the cap leaves room for.
 
 The view lags the log, so each candidate is brought up to the log right before the append
 (its stored view plus the records after the view's last offset): a run this or another
