@@ -176,6 +176,9 @@ async def test_racing_timers_admit_a_run_once(platform: Platform) -> None:
     await platform.projector.run_until_caught_up()
     view = await platform.view(run_id)
     assert view.status == "running" and view.admitted_at == both[0].meta.occurred_at
+    # A run listed before the view moved on is brought up to the log without folding twice.
+    current = await one._current(states[0])
+    assert (current.status, current.events) == ("running", view.events)
     assert (await platform.states.queue("acme")).in_flight == 1
 
 
