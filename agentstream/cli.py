@@ -32,7 +32,7 @@ from streams.events import (
     ToolCallRejected,
     ToolCallRequested,
 )
-from streams.log import EventLog, OutgoingRecord
+from streams.log import EventLog
 from streams.reading import event_json, read_run
 from streams.registry import open_registry
 from streams.worker import Handler, Worker
@@ -492,16 +492,15 @@ def serve(
 @async_command
 async def submit(settings: Settings, goal: str, tenant: str, model: str | None, max_steps: int) -> None:
     """Publish a task without waiting; prints the run id (workers run it: `agentstream serve`)."""
+    from agentstream.interventions import Interventions
     from agentstream.runtime import Task
 
     backends = Backends(settings)
     try:
         await backends.ensure_topics()
         task = Task(goal=goal, tenant=tenant, model=model, max_steps=max_steps)
-        topic = settings.topics.events
-        value = await backends.codec.encode(topic, task.event())
-        await backends.log.append([OutgoingRecord(topic, task.run_id.encode(), value)])
-        click.echo(task.run_id)
+        people = Interventions(backends.log, backends.codec, settings.topics)
+        click.echo((await people.submit(task.event())).meta.run_id)  # the intake admits it
     finally:
         await backends.aclose()
 
@@ -560,7 +559,7 @@ async def show(settings: Settings, run_id: str, as_json: bool) -> None:
 
 @main.command()
 @click.option("--tenant", default="default", show_default=True)
-@click.option("--status", help="Only runs in this status (running, completed, failed, ...).")
+@click.option("--status", help="Only runs in this status (queued, running, completed, failed, ...).")
 @click.option("--limit", default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
 @click.pass_obj
@@ -575,8 +574,10 @@ async def runs(settings: Settings, tenant: str, status: str | None, limit: int, 
         await wiring.open()
         await wiring.projector.run_until_caught_up()
         found = await RunStates(wiring.store).list(tenant, status=status, limit=limit)
+        queue = await RunStates(wiring.store).queue(tenant)
     finally:
         await wiring.aclose()
+    click.echo(f"tenant {tenant}: {queue.queued} queued, {queue.in_flight} in flight", err=True)
     if as_json:
         for state in found:
             click.echo(

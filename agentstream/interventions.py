@@ -7,8 +7,9 @@ a lagging projection) and then appends one event keyed by the run id:
   decided approval, for other arguments than the request's, or when the run has ended.
 - `answer`: HumanAnswered; refused when the run has no open ask_human question.
 - `cancel`: RunCancelled; `change_goal`: GoalChanged; refused when the run has ended.
-- `submit`: TaskSubmitted, its budget lowered to the tenant's ceilings; refused when the
-  tenant already has `max_concurrent_runs` runs in flight (as the run-state view sees it).
+- `submit`: TaskSubmitted on the tasks topic, where the intake admits it like any
+  upstream system's task: the tenant's budget ceilings and concurrency cap are applied
+  there, in one place for every entry (a run over the cap is queued, never refused).
 - `expire_due` (the approval timer): ApprovalDecided (expired, by `system`) for every
   pending request past its expiry.
 
@@ -24,9 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from handlers.policy import TenantPolicies
+from handlers.intake import run_id_for
 from projections.approvals import APPROVALS, PENDING, Approval, ApprovalInbox
-from projections.run_state import RunStates
 from projections.run_view import RunView, RunViews
 from projections.stores import ProjectionStore
 from streams.codec import EventCodec
@@ -128,27 +128,21 @@ class Interventions:
         if view.terminal:
             raise InterventionError("conflict", f"run {view.run_id} has already ended ({view.status})")
 
-    async def submit(self, task: TaskSubmitted, policies: TenantPolicies | None = None) -> TaskSubmitted:
-        """Publish a task under its tenant's policy: budget ceilings and the concurrency cap."""
-        policy = (policies or TenantPolicies()).for_tenant(task.meta.tenant_id)
-        if policy.max_concurrent_runs is not None:
-            if self.store is None:
-                raise InterventionError("invalid", "a concurrency cap needs the run-state view")
-            cap = policy.max_concurrent_runs
-            states = RunStates(self.store)
-            in_flight = [
-                s
-                for status in ("running", "suspended")
-                for s in await states.list(task.meta.tenant_id, status=status, limit=cap)
-            ]
-            if len(in_flight) >= cap:
-                raise InterventionError(
-                    "conflict",
-                    f"tenant {task.meta.tenant_id} already has {len(in_flight)} runs in flight"
-                    f" (max_concurrent_runs {cap})",
-                )
-        task = task.model_copy(update={"budget": policy.capped(task.budget)})
-        await self._append(task)
+    async def submit(self, task: TaskSubmitted) -> TaskSubmitted:
+        """Publish a task to the tasks topic, where the intake starts its run under the
+        tenant's policy. Returns the task as published: its `meta.run_id` is the run's id
+        (derived from the tenant, `upstream_idempotency_key` and `meta.event_id`)."""
+        tenant = task.meta.tenant_id
+        if not tenant.strip():
+            raise InterventionError("invalid", "a task needs a tenant")
+        if not task.goal.strip():
+            raise InterventionError("invalid", "a task needs a goal")
+        key = task.upstream_idempotency_key
+        run_id = run_id_for(tenant, key, task.meta.event_id)
+        task = task.model_copy(update={"meta": task.meta.model_copy(update={"run_id": run_id})})
+        topic = self.topics.tasks
+        value = await self.codec.encode(topic, task)
+        await self.log.append([OutgoingRecord(topic, (key or run_id).encode(), value)])
         return task
 
     async def decide(

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from agentstream.admission import Admissions
 from agentstream.config import Settings
 from agentstream.interventions import Interventions
 from handlers.evaluator import Evaluator
-from handlers.intake import TaskIntake
+from handlers.intake import TaskIntake, run_id_for
 from handlers.job_watcher import JobWatcher
 from handlers.llm.base import ModelClient
 from handlers.planner import Planner, PlannerSettings, default_models
@@ -73,11 +74,18 @@ class Task:
     deadline: datetime | None = None
     tools: list[str] = field(default_factory=list)
     submitted_by: str = "cli"
-    run_id: str = field(default_factory=new_run_id)
+    task_id: str = field(default_factory=new_run_id)
+    """The submission's event id on the tasks topic; the intake derives the run id from it."""
+
+    @property
+    def run_id(self) -> str:
+        """The run the intake starts for this task."""
+        return run_id_for(self.tenant, None, self.task_id)
 
     def event(self) -> TaskSubmitted:
+        meta = root_meta(self.run_id, self.tenant, "cli").model_copy(update={"event_id": self.task_id})
         return TaskSubmitted(
-            meta=root_meta(self.run_id, self.tenant, "cli"),
+            meta=meta,
             goal=self.goal,
             model=self.model,
             fallback_model=self.fallback_model,
@@ -120,13 +128,15 @@ class AgentRuntime:
         launcher: SandboxLauncher | None = None,
         smtp: SmtpSettings | None = None,
         approval_scan_s: float = 1.0,
+        admission_scan_s: float = 0.25,
     ) -> None:
         """`memory`: True requires semantic memory, False leaves it out, None (default)
         enables it when its extra (`agentstream[memory]`) is installed. `launcher` runs
         sandboxed tools; by default the one `settings.sandbox_url` names (none if empty, or
         if it is the local launcher and bubblewrap is not installed). `smtp` (default: from
         AGENTSTREAM_SMTP_*) enables `send_email`. `approval_scan_s` is how often the
-        approval timer looks for expired requests."""
+        approval timer looks for expired requests, `admission_scan_s` how often the admission
+        timer admits queued runs (see `agentstream.admission`)."""
         self.settings = settings
         self.tools = registry or builtin_registry()
         self.policies = TenantPolicies.of(policy)
@@ -135,6 +145,7 @@ class AgentRuntime:
             if tool.spec.name not in self.tools:
                 self.tools.register(tool)
         self.approval_scan_s = approval_scan_s
+        self.admission_scan_s = admission_scan_s
         self.planner_settings = planner or PlannerSettings()
         self.models = models
         self.member = member
@@ -235,7 +246,7 @@ class AgentRuntime:
             for h in self.handlers
         ]
         # The intake is the one handler that reads the tasks topic rather than the events topic.
-        self.intake = TaskIntake(self.log, self.codec, self.settings.topics, self.views)
+        self.intake = TaskIntake(self.log, self.codec, self.settings.topics, self.views, self.policies)
         self.workers.append(
             Worker(
                 self.log,
@@ -256,6 +267,7 @@ class AgentRuntime:
             await self.watcher.start()
             self._tasks.append(asyncio.create_task(self._watch(self.watcher), name=self.watcher.group))
         self._tasks.append(asyncio.create_task(self._expire_approvals(), name="approval-timer"))
+        self._tasks.append(asyncio.create_task(self._admit_queued(), name="admission-timer"))
 
     async def _serve(self, worker: Worker) -> None:
         while not self._stop.is_set():
@@ -290,6 +302,14 @@ class AgentRuntime:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.approval_scan_s)
 
+    async def _admit_queued(self) -> None:
+        """Start queued runs as their tenants' caps allow; holds no worker meanwhile."""
+        timer = Admissions(self.log, self.codec, self.settings.topics, self.store, self.policies)
+        while not self._stop.is_set():
+            await timer.admit_due()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.admission_scan_s)
+
     def check_health(self) -> None:
         """Raise the error of any worker that died."""
         for task in self._tasks:
@@ -314,9 +334,10 @@ class AgentRuntime:
         await self.registry.aclose()
 
     async def submit(self, task: Task) -> str:
-        """Publish the task under its tenant's policy (see `Interventions.submit`)."""
-        await self.interventions().submit(task.event(), self.policies)
-        return task.run_id
+        """Publish the task to the tasks topic, where the intake admits it (see
+        `Interventions.submit`); returns the id of the run it starts."""
+        submitted = await self.interventions().submit(task.event())
+        return submitted.meta.run_id
 
     async def follow(self, run_id: str, poll_s: float = 0.02) -> AsyncIterator[Event]:
         """The run's events as they are appended, until (and including) its terminal one."""

@@ -539,8 +539,9 @@ class AgentstreamBench:
         return tasks
 
     async def _submit(self, tasks: Sequence[Task]) -> None:
-        """What `AgentRuntime.submit` does, for many tasks in one append."""
-        topic = self.settings.topics.events
+        """What `AgentRuntime.submit` does, for many tasks in one append: to the tasks topic,
+        where the intake starts the runs."""
+        topic = self.settings.topics.tasks
         codec, log = self.runtime.codec, self.runtime.log
         records = [
             OutgoingRecord(topic, t.run_id.encode(), await codec.encode(topic, t.event())) for t in tasks

@@ -14,6 +14,12 @@ carried is a duplicate and creates nothing, and neither does one whose run is al
 the events topic. The first rule depends only on the tasks log, which never changes, so a
 worker redoing a batch after a crash decides the same way; records of one key land in one
 partition when producers key them by the idempotency key, as the README asks.
+
+The intake is also the one admission point of every run, whatever its entry (CLI,
+gateway, an upstream system): it lowers the task's budget to the tenant's ceilings
+(`ToolPolicy.capped`), and a run of a tenant with `max_concurrent_runs` starts queued
+(`RunQueued`, in the same transaction as its TaskSubmitted). The admission timer admits
+queued runs in submission order as the cap allows (`agentstream.admission`).
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
+from handlers.policy import TenantPolicies
 from projections.run_view import RunViews
 from streams.codec import EventCodec
 from streams.envelope import derived_event_id, now
 from streams.errors import HandlerRejected, PoisonEvent
-from streams.events import Event, EventMeta, TaskSubmitted
+from streams.events import Event, EventMeta, RunQueued, TaskSubmitted
 from streams.log import EventLog
 from streams.topics import Topics
 from streams.worker import Handler, HandlerContext
@@ -41,16 +48,25 @@ def run_id_for(tenant_id: str, upstream_key: str | None, event_id: str) -> str:
 
 
 class TaskIntake(Handler):
-    """Consumes the tasks topic and starts one run per distinct submission."""
+    """Consumes the tasks topic and starts one run per distinct submission, under its
+    tenant's policy: budget ceilings applied, queued when the tenant has a concurrency cap."""
 
     name = "intake"
     consumes = frozenset({"TaskSubmitted"})
 
-    def __init__(self, log: EventLog, codec: EventCodec, topics: Topics, views: RunViews) -> None:
+    def __init__(
+        self,
+        log: EventLog,
+        codec: EventCodec,
+        topics: Topics,
+        views: RunViews,
+        policies: TenantPolicies | None = None,
+    ) -> None:
         self.log = log
         self.codec = codec
         self.topics = topics
         self.views = views
+        self.policies = policies or TenantPolicies()
 
     async def handle(self, event: Event, ctx: HandlerContext) -> Sequence[Event]:
         if not isinstance(event, TaskSubmitted):
@@ -65,6 +81,7 @@ class TaskIntake(Handler):
             return []
         if await self.views.events(run_id):
             return []
+        policy = self.policies.for_tenant(meta.tenant_id)
         run_meta = EventMeta(
             event_id=derived_event_id(meta.event_id, self.name, 0),
             run_id=run_id,
@@ -75,7 +92,20 @@ class TaskIntake(Handler):
             occurred_at=now(),
             producer=self.name,
         )
-        return [event.model_copy(update={"meta": run_meta})]
+        started: list[Event] = [
+            event.model_copy(update={"meta": run_meta, "budget": policy.capped(event.budget)})
+        ]
+        cap = policy.max_concurrent_runs
+        if cap is not None:
+            queued_meta = run_meta.model_copy(
+                update={
+                    "event_id": derived_event_id(meta.event_id, self.name, 1),
+                    "causation_id": run_meta.event_id,
+                }
+            )
+            reason = f"tenant {meta.tenant_id} runs at most {cap} at a time; runs start in submission order"
+            started.append(RunQueued(meta=queued_meta, reason=reason, max_concurrent_runs=cap))
+        return started
 
     async def _submitted_before(self, event: TaskSubmitted, ctx: HandlerContext) -> bool:
         """Whether an earlier record of this tasks partition carried the same (tenant, key)."""

@@ -77,7 +77,14 @@ class Planner(FailsRunWhenStuck):
 
     name = "planner"
     consumes = frozenset(
-        {"TaskSubmitted", "ObservationRecorded", "ToolCallRejected", "GoalChanged", "RunResumed"}
+        {
+            "TaskSubmitted",
+            "ObservationRecorded",
+            "ToolCallRejected",
+            "GoalChanged",
+            "RunResumed",
+            "RunAdmitted",
+        }
     )
 
     def __init__(
@@ -136,7 +143,7 @@ class Planner(FailsRunWhenStuck):
 
     async def handle(self, event: Event, ctx: HandlerContext) -> Sequence[Event]:
         view = await self.views.for_handler(event, ctx)
-        if view.terminal or view.status == "suspended" or view.pending_calls or not view.goal:
+        if view.terminal or view.status in ("suspended", "queued") or view.pending_calls or not view.goal:
             return []
         if hit := limits.deadline(view) or limits.steps(view):
             return [RunAborted(meta=ctx.meta(), reason=hit.reason, limit=hit.limit)]

@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pydantic import TypeAdapter
 
 from projections.projector import Applied, Projection
 from projections.run_view import RunView
-from projections.stores.base import Index, ProjectionStore, Row, Table, ViewTransaction
+from projections.stores.base import MAX_ROWS, Index, ProjectionStore, Row, Table, ViewTransaction
 from streams.events import EVENT_TYPES, Event
 from streams.log import LogRecord
 
@@ -60,6 +60,21 @@ VIEWS = Table(
     key=("tenant_id", "run_id"),
 )
 """The whole RunView of each run, kept apart so that listing runs never reads it."""
+
+QUEUES_PARTITION = "*queues*"
+"""The one partition of QUEUED_TENANTS: the directory is not any tenant's data."""
+
+QUEUED_TENANTS = Table(
+    "run_state_queued_tenants",
+    columns={"tenant_id": "text", "tenant": "text", "since": "time"},
+    key=("tenant_id", "tenant"),
+)
+"""Every tenant that has ever had a queued run (one row each, in `QUEUES_PARTITION`, with
+its first queueing), so the admission timer finds the queues without scanning runs. Rows
+are never removed: the table grows with the number of tenants, not with their backlogs."""
+
+IN_FLIGHT = ("running", "suspended")
+"""The statuses that hold a slot of the tenant's `max_concurrent_runs`."""
 
 _VIEW = TypeAdapter(RunView)
 
@@ -175,8 +190,9 @@ class RunStateProjection(Projection):
     """
 
     name = "run_state"
+    version = 2  # 2: the `queued` status and the queued-tenants directory
     consumes = frozenset(EVENT_TYPES)
-    tables = (RUNS, VIEWS)
+    tables = (RUNS, VIEWS, QUEUED_TENANTS)
 
     def __init__(self, cache_size: int = 4096) -> None:
         self.cache_size = cache_size
@@ -211,7 +227,14 @@ class RunStateProjection(Projection):
                     view, created_at = await self._load(key, row, txn), row["created_at"]
             else:
                 view, created_at, _ = entry
+            was_queued = view.status == "queued"
             view.apply(event)
+            if view.status == "queued" and not was_queued:
+                # The earliest queueing wins, so a rebuild gives the same row in any interleaving.
+                since = event.meta.occurred_at
+                known = await txn.get(QUEUED_TENANTS, (QUEUES_PARTITION, key[0]))
+                if known is None or since < known["since"]:
+                    txn.put(QUEUED_TENANTS, {"tenant_id": QUEUES_PARTITION, "tenant": key[0], "since": since})
             touched[key] = (view, created_at, record)
         for key, (view, created_at, record) in touched.items():
             txn.put(RUNS, _row(key[0], view, created_at, record))
@@ -255,3 +278,54 @@ class RunStates:
                 limit=limit,
             )
         return [RunState.from_row(r) for r in rows]
+
+    async def queued_tenants(self) -> Sequence[str]:
+        """Every tenant that has had a queued run (some may have none queued now)."""
+        rows = await self.store.select(QUEUED_TENANTS, QUEUES_PARTITION, limit=MAX_ROWS)
+        return [r["tenant"] for r in rows]
+
+    async def queued(self, tenant_id: str, limit: int) -> Sequence[RunState]:
+        """The tenant's queued runs, oldest first: the order they are admitted in."""
+        rows = await self.store.select(
+            RUNS, tenant_id, index="by_status", equal={"status": "queued"}, limit=limit
+        )
+        return [RunState.from_row(r) for r in rows]
+
+    async def in_flight(self, tenant_id: str, limit: int = MAX_ROWS) -> int:
+        """How many of the tenant's runs are running or suspended (counted up to `limit`)."""
+        found = 0
+        for status in IN_FLIGHT:
+            found += len(await self.list(tenant_id, status=status, limit=limit - found))
+            if found >= limit:
+                break
+        return found
+
+    async def queue(self, tenant_id: str) -> QueueDepth:
+        """The tenant's queue depth and runs in flight, each counted up to MAX_ROWS."""
+        queued = len(await self.queued(tenant_id, MAX_ROWS))
+        return QueueDepth(tenant_id, queued, await self.in_flight(tenant_id))
+
+    async def queue_position(self, state: RunState) -> int | None:
+        """1 for the next run to be admitted; None when the run is not queued."""
+        if state.status != "queued":
+            return None
+        rows = await self.store.select(
+            RUNS,
+            state.tenant_id,
+            index="by_status",
+            equal={"status": "queued"},
+            stop=state.created_at + timedelta(milliseconds=1),
+            limit=MAX_ROWS,
+        )
+        mine = (state.created_at, state.run_id)
+        return 1 + sum(1 for r in rows if (r["created_at"], r["run_id"]) < mine)
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """A tenant's runs waiting for a slot of its concurrency cap, and its runs holding one."""
+
+    tenant_id: str
+    queued: int
+    in_flight: int
+    """Running or suspended: what `max_concurrent_runs` bounds."""

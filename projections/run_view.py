@@ -29,9 +29,11 @@ from streams.events import (
     ObservationRecorded,
     PlanProposed,
     RunAborted,
+    RunAdmitted,
     RunCancelled,
     RunCompleted,
     RunFailed,
+    RunQueued,
     RunResumed,
     RunSuspended,
     ScratchpadSummarized,
@@ -45,7 +47,7 @@ from streams.partitioning import partition_for
 from streams.topics import Topics
 from streams.worker import HandlerContext
 
-RunStatus = Literal["running", "suspended", "completed", "failed", "aborted", "cancelled"]
+RunStatus = Literal["queued", "running", "suspended", "completed", "failed", "aborted", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "aborted", "cancelled"})
 CallStatus = Literal["requested", "rejected", "awaiting_approval", "awaiting_human", "dispatched", "observed"]
 ApprovalStatus = Literal["pending", "approved", "denied", "expired"]
@@ -147,6 +149,10 @@ class RunView:
     questions: dict[str, str] = field(default_factory=dict)
     """tool call id of an unanswered ask_human call -> its question."""
     cancelled_by: str | None = None
+    queued_reason: str | None = None
+    """Why the run waited for a slot of its tenant's concurrency cap, if it did."""
+    admitted_at: datetime | None = None
+    """When a queued run was admitted (None while queued, and for runs never queued)."""
     _calls: dict[str, CallView] = field(default_factory=dict, repr=False)
 
     @property
@@ -264,8 +270,18 @@ class RunView:
                         except (ValueError, AttributeError):
                             question = asking.arguments_json
                         self.questions[asking.tool_call_id] = str(question)
+            case RunQueued():
+                # Only a run not yet admitted can wait in the queue: a late or replayed
+                # RunQueued never stops a run that already started.
+                if self.status == "running" and self.admitted_at is None and not self.steps:
+                    self.status = "queued"
+                    self.queued_reason = event.reason
+            case RunAdmitted():
+                if self.status == "queued":  # admitting an admitted (or ended) run is a no-op
+                    self.status = "running"
+                    self.admitted_at = event.meta.occurred_at
             case RunResumed():
-                if not self.terminal:
+                if self.status == "suspended":
                     self.status = "running"
             case RunCompleted() if not self.terminal:
                 self.status = "completed"

@@ -266,6 +266,18 @@ class RunAborted(Event):
     """Name of the limit: max_steps, max_tokens, max_usd, deadline or loop."""
 
 
+class RunAdmitted(Event):
+    """A queued run got a slot of its tenant's concurrency cap; for a run not queued, a no-op."""
+
+    type_name: ClassVar[str] = "RunAdmitted"
+    fullname: ClassVar[str] = "agentstream.events.RunAdmitted"
+
+    in_flight: int
+    """The tenant's runs in flight (running or suspended) as the admitter saw them, this one not included."""
+    max_concurrent_runs: int | None = None
+    """The tenant's cap at admission; null when the tenant no longer has one."""
+
+
 class RunCancelled(Event):
     """A person or system cancelled the run."""
 
@@ -302,6 +314,18 @@ class RunFailed(Event):
     """What went wrong."""
     steps: int = 0
     """Planner steps taken."""
+
+
+class RunQueued(Event):
+    """The run waits for a slot of its tenant's concurrency cap; nothing plans it until RunAdmitted."""
+
+    type_name: ClassVar[str] = "RunQueued"
+    fullname: ClassVar[str] = "agentstream.events.RunQueued"
+
+    reason: str
+    """Why the run waits, for people."""
+    max_concurrent_runs: int
+    """The tenant's cap when the run was queued."""
 
 
 class RunResumed(Event):
@@ -484,9 +508,11 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ObservationRecorded,
         PlanProposed,
         RunAborted,
+        RunAdmitted,
         RunCancelled,
         RunCompleted,
         RunFailed,
+        RunQueued,
         RunResumed,
         RunSuspended,
         SandboxJobLaunched,

@@ -40,6 +40,7 @@ from agentstream.gateway.models import (
     EventOut,
     GoalIn,
     Me,
+    QueueOut,
     RunAccepted,
     RunDetail,
     RunList,
@@ -60,7 +61,7 @@ from streams.backends import open_log
 from streams.codec import EventCodec
 from streams.envelope import new_run_id, root_meta
 from streams.events import Budget, Event, TaskSubmitted
-from streams.log import EventLog, OutgoingRecord
+from streams.log import EventLog
 from streams.registry import SchemaRegistry, open_registry
 
 STATIC = Path(__file__).parent / "static"
@@ -288,9 +289,7 @@ def create_app(backends: GatewayBackends, tokens: TokenBook) -> FastAPI:
             submitted_by=who.name,
             labels=body.labels,
         )
-        topic = backends.settings.topics.tasks
-        value = await backends.codec.encode(topic, task)
-        await backends.log.append([OutgoingRecord(topic, (idempotency_key or run_id).encode(), value)])
+        await backends.interventions().submit(task)
         return RunAccepted(run_id=run_id, status="accepted", duplicate=False)
 
     @app.get("/v1/runs", tags=["runs"])
@@ -300,7 +299,8 @@ def create_app(backends: GatewayBackends, tokens: TokenBook) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         before: Annotated[datetime | None, Query(description="Only runs created before this.")] = None,
     ) -> RunList:
-        """The tenant's runs, newest first."""
+        """The tenant's runs, newest first (`status=queued`: the runs waiting for a slot of
+        the tenant's concurrency cap)."""
         found = await RunStates(backends.store).list(who.tenant, status=status, limit=limit, before=before)
         runs = [RunSummary.of(s) for s in found]
         return RunList(runs=runs, next_before=runs[-1].created_at if len(runs) == limit else None)
@@ -309,8 +309,19 @@ def create_app(backends: GatewayBackends, tokens: TokenBook) -> FastAPI:
     async def get_run(run_id: str, who: Reader) -> RunDetail:
         """One run with its timeline: thoughts, tool calls with arguments, observations, costs."""
         state = await run_state(who, run_id)
-        view = await RunStates(backends.store).view(who.tenant, run_id)
-        return RunDetail.of_view(state, view)
+        states = RunStates(backends.store)
+        view = await states.view(who.tenant, run_id)
+        return RunDetail.of_view(state, view, queue_position=await states.queue_position(state))
+
+    @app.get("/v1/queue", tags=["runs"])
+    async def queue(who: Reader) -> QueueOut:
+        """The tenant's queue: runs waiting for a slot of its concurrency cap, and runs holding one."""
+        depth = await RunStates(backends.store).queue(who.tenant)
+        runtime = backends.runtime
+        cap = runtime.policies.for_tenant(who.tenant).max_concurrent_runs if runtime is not None else None
+        return QueueOut(
+            tenant=who.tenant, queued=depth.queued, in_flight=depth.in_flight, max_concurrent_runs=cap
+        )
 
     @app.get("/v1/runs/{run_id}/events", tags=["events"], responses=_NOT_FOUND)
     async def list_events(

@@ -56,7 +56,7 @@ class RunSummary(BaseModel):
 
     run_id: str
     tenant: str
-    status: str
+    status: str = Field(description="queued, running, suspended, completed, failed, aborted or cancelled.")
     goal: str
     model: str | None
     steps: int
@@ -89,6 +89,17 @@ class RunSummary(BaseModel):
             created_at=state.created_at,
             updated_at=state.updated_at,
         )
+
+
+class QueueOut(BaseModel):
+    """The caller's tenant: runs waiting for a slot of its concurrency cap, and runs holding one."""
+
+    tenant: str
+    queued: int = Field(description="Runs in status `queued` (counted up to 10,000).")
+    in_flight: int = Field(description="Runs running or suspended: what the cap bounds (up to 10,000).")
+    max_concurrent_runs: int | None = Field(
+        None, description="The tenant's cap, when this gateway hosts the workers (`--workers`)."
+    )
 
 
 class RunList(BaseModel):
@@ -133,12 +144,20 @@ class RunDetail(RunSummary):
     goal_history: list[str]
     timeline: list[StepOut]
     questions: list[QuestionOut]
+    queue_position: int | None = Field(
+        None, description="While the run is `queued`: 1 for the next of the tenant's runs to start."
+    )
+    queued_reason: str | None = Field(None, description="Why the run waited (or waits) for a slot.")
 
     @classmethod
-    def of_view(cls, state: RunState, view: RunView | None) -> RunDetail:
+    def of_view(
+        cls, state: RunState, view: RunView | None, *, queue_position: int | None = None
+    ) -> RunDetail:
         steps = view.steps if view is not None else []
         return cls(
             **RunSummary.of(state).model_dump(),
+            queue_position=queue_position,
+            queued_reason=view.queued_reason if view is not None else None,
             goal_history=list(view.goal_history) if view is not None else [state.goal],
             questions=[
                 QuestionOut(tool_call_id=call_id, question=text)

@@ -321,6 +321,8 @@ def test_one_tenant_can_neither_read_nor_act_on_another_tenants_runs(gateway: Ru
             inbox = call(person, "GET", "/v1/approvals", params={"status": status})
             assert inbox.status_code == 200 and inbox.json()["approvals"] == []
         assert call(person, "GET", "/v1/me").json()["tenant"] == "globex"
+        queue = call(person, "GET", "/v1/queue").json()
+        assert queue == {"tenant": "globex", "queued": 0, "in_flight": 0, "max_concurrent_runs": None}
     refused_as_unknown(call("globex-submitter", "POST", "/v1/runs/{run_id}/cancel", json={}), "")
     refused_as_unknown(
         call("globex-submitter", "POST", "/v1/runs/{run_id}/goal", json={"goal": "mine now"}), ""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agentstream.interventions import InterventionError, Interventions
-from handlers.policy import TenantPolicies, ToolPolicy
+from handlers.intake import run_id_for
 from projections.builtin import builtin_projections
 from projections.projector import Projector
 from projections.stores.sqlite import SqliteProjectionStore
@@ -184,19 +184,23 @@ async def test_the_timer_expires_overdue_requests_once(world: World) -> None:
     assert [e.approval_id for e in later] == ["a-c2"]
 
 
-async def test_submit_caps_budgets_and_concurrent_runs(world: World) -> None:
-    policies = TenantPolicies(
-        tenants={"acme": ToolPolicy.build({"max_concurrent_runs": 1, "budget": {"max_steps": 3}})}
-    )
-    task = await world.people.submit(submitted("r1", budget=Budget(max_steps=10)), policies)
-    assert task.budget.max_steps == 3
-    await world.projector.run_until_caught_up()
-    with pytest.raises(InterventionError, match="already has 1 runs in flight") as full:
-        await world.people.submit(submitted("r2"), policies)
-    assert full.value.code == "conflict"
-    assert (await world.people.submit(submitted("r3", tenant="globex"), policies)).budget.max_steps is None
+async def test_submit_publishes_to_the_tasks_topic_for_the_intake(world: World) -> None:
+    task = await world.people.submit(submitted("chosen", budget=Budget(max_steps=10)))
+    assert task.meta.run_id == run_id_for("acme", None, task.meta.event_id), "the intake's run id"
+    assert task.budget.max_steps == 10, "ceilings are the intake's to apply"
+    records = [r for p in range(2) for r in await world.log.read(world.topics.tasks, p, 0, 10)]
+    assert [r.key for r in records] == [task.meta.run_id.encode()]
+    assert [r for p in range(2) for r in await world.log.read(world.topics.events, p, 0, 10)] == []
+    for bad, message in (
+        (submitted("x", tenant=" "), "needs a tenant"),
+        (submitted("x").model_copy(update={"goal": " "}), "needs a goal"),
+    ):
+        with pytest.raises(InterventionError, match=message) as refused:
+            await world.people.submit(bad)
+        assert refused.value.code == "invalid"
+
+
+async def test_listing_approvals_needs_the_approvals_view(world: World) -> None:
     no_views = Interventions(world.log, world.codec, world.topics)
-    with pytest.raises(InterventionError, match="needs the run-state view"):
-        await no_views.submit(submitted("r4"), policies)
     with pytest.raises(InterventionError, match="needs the approvals view"):
         await no_views.approvals("acme")

@@ -205,11 +205,12 @@ function runPage(page, runId, signal) {
         el("h1", {}, run.goal),
         el("p", {}, statusBadge(run.status), ` · ${run.steps} steps · ${run.input_tokens + run.output_tokens} tokens · `,
           el("span", { id: "run-cost" }, money(run.cost_usd))),
+        run.queue_position ? el("p", { id: "run-queue" }, `Queued: position ${run.queue_position} of the tenant's waiting runs`) : null,
         run.answer ? el("p", { id: "run-answer" }, "Answer: ", run.answer) : null,
         run.error ? el("p", { class: "error" }, run.error) : null,
         el("p", { class: "muted" }, `run ${run.run_id} · created ${when(run.created_at)}`),
       ].filter((node) => node !== null));
-      actions.replaceChildren(...(me.role === "submitter" && ["running", "suspended"].includes(run.status)
+      actions.replaceChildren(...(me.role === "submitter" && ["queued", "running", "suspended"].includes(run.status)
         ? [el("button", { type: "button", id: "cancel-run", onclick: () => act(`/v1/runs/${encodeURIComponent(runId)}/cancel`, {}) }, "Cancel run")]
         : []));
     } catch (e) { if (!signal.aborted) error.textContent = e.message; }

@@ -240,7 +240,7 @@ async def test_a_new_projection_version_is_rebuilt_on_start(env: Env) -> None:
     before = await snapshot(env.store, [RunStateProjection()])
 
     class RunStateV2(RunStateProjection):
-        version = 2
+        version = RunStateProjection.version + 1
 
     stats = await env.projector([RunStateV2()]).run_until_caught_up()
     assert stats.records == len(events), "applied again from offset 0"
