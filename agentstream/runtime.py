@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from agentstream.config import Settings
 from agentstream.interventions import Interventions
+from agentstream.membership import MemberLog, check_membership, is_leader
 from handlers.evaluator import Evaluator
 from handlers.intake import TaskIntake
 from handlers.job_watcher import JobWatcher
@@ -116,6 +117,7 @@ class AgentRuntime:
         planner: PlannerSettings | None = None,
         models: Callable[[str], ModelClient] = default_models,
         member: str = "0",
+        members: int = 1,
         memory: bool | None = None,
         launcher: SandboxLauncher | None = None,
         smtp: SmtpSettings | None = None,
@@ -126,7 +128,9 @@ class AgentRuntime:
         sandboxed tools; by default the one `settings.sandbox_url` names (none if empty, or
         if it is the local launcher and bubblewrap is not installed). `smtp` (default: from
         AGENTSTREAM_SMTP_*) enables `send_email`. `approval_scan_s` is how often the
-        approval timer looks for expired requests."""
+        approval timer looks for expired requests. `member` names this process in its
+        consumer groups; with `members` > 1 it is this process's index among them, and only
+        member 0 runs the projector and the approval timer, which a deployment needs once."""
         self.settings = settings
         self.tools = registry or builtin_registry()
         self.policies = TenantPolicies.of(policy)
@@ -137,8 +141,13 @@ class AgentRuntime:
         self.approval_scan_s = approval_scan_s
         self.planner_settings = planner or PlannerSettings()
         self.models = models
+        check_membership(member, members)
         self.member = member
+        self.members = members
+        self.leader = is_leader(member, members)
         self.log: EventLog = open_log(settings.log_url)
+        # Every consumer of the hosted workers joins as this member of `members`.
+        self.member_log: EventLog = self.log if members == 1 else MemberLog(self.log, member, members)
         self.registry: SchemaRegistry = open_registry(settings.registry_url)
         self.codec = EventCodec(self.registry)
         self.views = RunViews(self.log, self.codec, settings.topics)
@@ -165,7 +174,7 @@ class AgentRuntime:
                 if tool.spec.name not in self.tools:
                     self.tools.register(tool)
             self.watcher = JobWatcher(
-                self.log,
+                self.member_log,
                 self.codec,
                 RunViews(self.log, self.codec, settings.topics),
                 self.launcher,
@@ -230,7 +239,12 @@ class AgentRuntime:
         ]
         self.workers = [
             Worker(
-                self.log, self.codec, h, topics=self.settings.topics, member=self.member, poll_timeout_s=0.05
+                self.member_log,
+                self.codec,
+                h,
+                topics=self.settings.topics,
+                member=self.member,
+                poll_timeout_s=0.05,
             )
             for h in self.handlers
         ]
@@ -238,7 +252,7 @@ class AgentRuntime:
         self.intake = TaskIntake(self.log, self.codec, self.settings.topics, self.views)
         self.workers.append(
             Worker(
-                self.log,
+                self.member_log,
                 self.codec,
                 self.intake,
                 topics=self.settings.topics,
@@ -250,12 +264,18 @@ class AgentRuntime:
         for worker in self.workers:
             await worker.start()
         self._tasks = [asyncio.create_task(self._serve(w), name=w.group) for w in self.workers]
-        await self.projector.start()
-        self._tasks.append(asyncio.create_task(self._project(), name="projector"))
+        if self.leader:
+            # One projector per deployment: its store offsets are compare-and-set per view,
+            # so a second one would only lose every race and reload.
+            await self.projector.start()
+            self._tasks.append(asyncio.create_task(self._project(), name="projector"))
         if self.watcher is not None:
             await self.watcher.start()
             self._tasks.append(asyncio.create_task(self._watch(self.watcher), name=self.watcher.group))
-        self._tasks.append(asyncio.create_task(self._expire_approvals(), name="approval-timer"))
+        if self.leader:
+            # Two timers could both append the same expiry: the second one settles nothing
+            # but is still an event on the log.
+            self._tasks.append(asyncio.create_task(self._expire_approvals(), name="approval-timer"))
 
     async def _serve(self, worker: Worker) -> None:
         while not self._stop.is_set():
