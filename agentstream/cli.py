@@ -461,6 +461,12 @@ def run(
 )
 @click.option("--allow-host", multiple=True, help="Host http_fetch may reach (repeatable).")
 @click.option("--tool", "tool_refs", multiple=True, help="Extra tool, module:attribute (repeatable).")
+@click.option(
+    "--projector/--no-projector",
+    default=True,
+    show_default=True,
+    help="Keep the views current here (member 0 only); off when `projections run` does it.",
+)
 @click.option("--parent-pid", type=int, hidden=True, help="Stop when this supervisor is gone.")
 @click.pass_obj
 def serve(
@@ -472,6 +478,7 @@ def serve(
     policy_file: str | None,
     allow_host: tuple[str, ...],
     tool_refs: tuple[str, ...],
+    projector: bool,
     parent_pid: int | None,
 ) -> None:
     """Run the agent-loop workers (planner, router, tools, evaluator) until SIGTERM.
@@ -499,6 +506,7 @@ def serve(
         argv += ["--policy", policy_file] if policy_file else []
         argv += [arg for host in allow_host for arg in ("--allow-host", host)]
         argv += [arg for ref in tool_refs for arg in ("--tool", ref)]
+        argv += [] if projector else ["--no-projector"]
         argv += ["--parent-pid", str(os.getpid()), "--members", str(members * processes)]
         env = {
             **os.environ,
@@ -519,6 +527,7 @@ def serve(
             planner=PlannerSettings(default_model=default_model),
             member=member,
             members=members,
+            projector=projector,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -118,6 +118,7 @@ class AgentRuntime:
         models: Callable[[str], ModelClient] = default_models,
         member: str = "0",
         members: int = 1,
+        projector: bool = True,
         memory: bool | None = None,
         launcher: SandboxLauncher | None = None,
         smtp: SmtpSettings | None = None,
@@ -130,7 +131,9 @@ class AgentRuntime:
         AGENTSTREAM_SMTP_*) enables `send_email`. `approval_scan_s` is how often the
         approval timer looks for expired requests. `member` names this process in its
         consumer groups; with `members` > 1 it is this process's index among them, and only
-        member 0 runs the projector and the approval timer, which a deployment needs once."""
+        member 0 runs the projector and the approval timer, which a deployment needs once.
+        `projector`: False leaves the projector to a process of its own
+        (`agentstream projections run`)."""
         self.settings = settings
         self.tools = registry or builtin_registry()
         self.policies = TenantPolicies.of(policy)
@@ -145,6 +148,7 @@ class AgentRuntime:
         self.member = member
         self.members = members
         self.leader = is_leader(member, members)
+        self.run_projector = projector and self.leader
         self.log: EventLog = open_log(settings.log_url)
         # Every consumer of the hosted workers joins as this member of `members`.
         self.member_log: EventLog = self.log if members == 1 else MemberLog(self.log, member, members)
@@ -264,7 +268,7 @@ class AgentRuntime:
         for worker in self.workers:
             await worker.start()
         self._tasks = [asyncio.create_task(self._serve(w), name=w.group) for w in self.workers]
-        if self.leader:
+        if self.run_projector:
             # One projector per deployment: its store offsets are compare-and-set per view,
             # so a second one would only lose every race and reload.
             await self.projector.start()

@@ -42,12 +42,27 @@ def _task_for_member(member: int, members: int = 2) -> Task:
             return task
 
 
+def _tail(log_file: Path) -> str:
+    return log_file.read_text()[-3000:]
+
+
+def _serve(env: dict[str, str], log_file: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "agentstream", "serve", "--processes", "2"]
+        + ["--model", "openai:gpt-4o-mini", "--tool", "tests.support.tools:SideEffect"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log_file.open("ab"),
+    )
+
+
 async def _until(
     check: Callable[[], Awaitable[bool]], what: str, log_file: Path, timeout_s: float = 120
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while not await check():
-        assert time.monotonic() < deadline, f"gave up waiting: {what}\n" + log_file.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"gave up waiting: {what}\n" + _tail(log_file)
         await asyncio.sleep(0.2)
 
 
@@ -91,14 +106,7 @@ async def test_two_processes_share_the_partitions_and_a_killed_one_is_restarted(
             "NO_PROXY": "127.0.0.1",
             "PYTHONPATH": str(ROOT),
         }
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "agentstream", "serve", "--processes", "2"]
-            + ["--model", "openai:gpt-4o-mini", "--tool", "tests.support.tools:SideEffect"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=serve_log.open("ab"),
-        )
+        serve = _serve(env, serve_log)
         try:
             # One run in a partition of each member: both complete.
             reference, other = _task_for_member(1), _task_for_member(0)
