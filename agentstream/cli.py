@@ -496,6 +496,8 @@ def serve(
 
     try:
         check_membership(member, members)
+        if processes > 1 and not member.isdigit():
+            raise ConfigError("with --processes, --member is this command's index (0 unless --members)")
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--member") from exc
     policy = _policy(policy_file, allow_host)
