@@ -430,7 +430,26 @@ def run(
 
 
 @main.command()
-@click.option("--member", default="0", show_default=True, help="Stable name of this process in its groups.")
+@click.option(
+    "--member",
+    default="0",
+    show_default=True,
+    help="Stable name of this process in its groups; with --members or --processes, its index.",
+)
+@click.option(
+    "--members",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="How many `serve` commands share the groups (pods, say); --member is then 0 to members-1.",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes to run (and supervise) here, each a member of every group.",
+)
 @click.option(
     "--model", "default_model", default="local:default", show_default=True, help="Default model spec."
 )
@@ -442,21 +461,65 @@ def run(
 )
 @click.option("--allow-host", multiple=True, help="Host http_fetch may reach (repeatable).")
 @click.option("--tool", "tool_refs", multiple=True, help="Extra tool, module:attribute (repeatable).")
+@click.option(
+    "--projector/--no-projector",
+    default=True,
+    show_default=True,
+    help="Keep the views current here (member 0 only); off when `projections run` does it.",
+)
+@click.option("--parent-pid", type=int, hidden=True, help="Stop when this supervisor is gone.")
 @click.pass_obj
 def serve(
     settings: Settings,
     member: str,
+    members: int,
+    processes: int,
     default_model: str,
     policy_file: str | None,
     allow_host: tuple[str, ...],
     tool_refs: tuple[str, ...],
+    projector: bool,
+    parent_pid: int | None,
 ) -> None:
-    """Run the agent-loop workers (planner, router, tools, evaluator) until SIGTERM."""
-    from agentstream.runtime import AgentRuntime
-    from handlers.planner import PlannerSettings
+    """Run the agent-loop workers (planner, router, tools, evaluator) until SIGTERM.
 
+    With --processes N, N child processes each run them as one member of every consumer
+    group (member i of this command's --member m is m*N+i of members*N); this process
+    forwards SIGTERM and SIGINT to them and restarts one that dies."""
+    import os
+
+    from agentstream.membership import check_membership
+    from agentstream.runtime import AgentRuntime
+    from agentstream.supervise import Child, Supervisor
+    from handlers.planner import PlannerSettings
+    from streams.errors import ConfigError
+
+    try:
+        check_membership(member, members)
+        if processes > 1 and not member.isdigit():
+            raise ConfigError("with --processes, --member is this command's index (0 unless --members)")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--member") from exc
     policy = _policy(policy_file, allow_host)
     registry = _registry(tool_refs)
+
+    if processes > 1:
+        argv = [sys.executable, "-m", "agentstream", "serve", "--model", default_model]
+        argv += ["--policy", policy_file] if policy_file else []
+        argv += [arg for host in allow_host for arg in ("--allow-host", host)]
+        argv += [arg for ref in tool_refs for arg in ("--tool", ref)]
+        argv += [] if projector else ["--no-projector"]
+        argv += ["--parent-pid", str(os.getpid()), "--members", str(members * processes)]
+        env = {
+            **os.environ,
+            "AGENTSTREAM_HOME": str(settings.home),
+            "AGENTSTREAM_LOG_URL": settings.log_url,
+            "AGENTSTREAM_REGISTRY_URL": settings.registry_url,
+        }
+        first = int(member) * processes
+        children = [Child(first + i, [*argv, "--member", str(first + i)], env) for i in range(processes)]
+        click.echo(f"supervising {processes} processes on {settings.log_url}", err=True)
+        sys.exit(Supervisor(children, echo=lambda line: click.echo(line, err=True)).run())
 
     async def go() -> None:
         runtime = AgentRuntime(
@@ -465,16 +528,25 @@ def serve(
             registry=registry,
             planner=PlannerSettings(default_model=default_model),
             member=member,
+            members=members,
+            projector=projector,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await runtime.start()
-        click.echo(f"serving {len(runtime.workers)} workers on {settings.log_url}", err=True)
+        role = f"member {member} of {members}, " if members > 1 else ""
+        click.echo(
+            f"serving {len(runtime.workers)} workers ({role}pid {os.getpid()}) on {settings.log_url}",
+            err=True,
+        )
         try:
             while not stop.is_set():
                 runtime.check_health()
+                if parent_pid is not None and os.getppid() != parent_pid:
+                    click.echo("the supervising process is gone; stopping", err=True)
+                    break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)
         finally:

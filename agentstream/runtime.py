@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from agentstream.admission import Admissions
 from agentstream.config import Settings
 from agentstream.interventions import Interventions
+from agentstream.membership import MemberLog, check_membership, is_leader
 from handlers.evaluator import Evaluator
 from handlers.intake import TaskIntake, run_id_for
 from handlers.job_watcher import JobWatcher
@@ -124,6 +125,8 @@ class AgentRuntime:
         planner: PlannerSettings | None = None,
         models: Callable[[str], ModelClient] = default_models,
         member: str = "0",
+        members: int = 1,
+        projector: bool = True,
         memory: bool | None = None,
         launcher: SandboxLauncher | None = None,
         smtp: SmtpSettings | None = None,
@@ -136,7 +139,11 @@ class AgentRuntime:
         if it is the local launcher and bubblewrap is not installed). `smtp` (default: from
         AGENTSTREAM_SMTP_*) enables `send_email`. `approval_scan_s` is how often the
         approval timer looks for expired requests, `admission_scan_s` how often the admission
-        timer admits queued runs (see `agentstream.admission`)."""
+        timer admits queued runs (see `agentstream.admission`). `member` names this process
+        in its consumer groups; with `members` > 1 it is this process's index among them, and
+        only member 0 runs the projector and the timers, which a deployment needs once.
+        `projector`: False leaves the projector to a process of its own
+        (`agentstream projections run`)."""
         self.settings = settings
         self.tools = registry or builtin_registry()
         self.policies = TenantPolicies.of(policy)
@@ -148,8 +155,14 @@ class AgentRuntime:
         self.admission_scan_s = admission_scan_s
         self.planner_settings = planner or PlannerSettings()
         self.models = models
+        check_membership(member, members)
         self.member = member
+        self.members = members
+        self.leader = is_leader(member, members)
+        self.run_projector = projector and self.leader
         self.log: EventLog = open_log(settings.log_url)
+        # Every consumer of the hosted workers joins as this member of `members`.
+        self.member_log: EventLog = self.log if members == 1 else MemberLog(self.log, member, members)
         self.registry: SchemaRegistry = open_registry(settings.registry_url)
         self.codec = EventCodec(self.registry)
         self.views = RunViews(self.log, self.codec, settings.topics)
@@ -176,7 +189,7 @@ class AgentRuntime:
                 if tool.spec.name not in self.tools:
                     self.tools.register(tool)
             self.watcher = JobWatcher(
-                self.log,
+                self.member_log,
                 self.codec,
                 RunViews(self.log, self.codec, settings.topics),
                 self.launcher,
@@ -241,7 +254,12 @@ class AgentRuntime:
         ]
         self.workers = [
             Worker(
-                self.log, self.codec, h, topics=self.settings.topics, member=self.member, poll_timeout_s=0.05
+                self.member_log,
+                self.codec,
+                h,
+                topics=self.settings.topics,
+                member=self.member,
+                poll_timeout_s=0.05,
             )
             for h in self.handlers
         ]
@@ -249,7 +267,7 @@ class AgentRuntime:
         self.intake = TaskIntake(self.log, self.codec, self.settings.topics, self.views, self.policies)
         self.workers.append(
             Worker(
-                self.log,
+                self.member_log,
                 self.codec,
                 self.intake,
                 topics=self.settings.topics,
@@ -261,13 +279,19 @@ class AgentRuntime:
         for worker in self.workers:
             await worker.start()
         self._tasks = [asyncio.create_task(self._serve(w), name=w.group) for w in self.workers]
-        await self.projector.start()
-        self._tasks.append(asyncio.create_task(self._project(), name="projector"))
+        if self.run_projector:
+            # One projector per deployment: its store offsets are compare-and-set per view,
+            # so a second one would only lose every race and reload.
+            await self.projector.start()
+            self._tasks.append(asyncio.create_task(self._project(), name="projector"))
         if self.watcher is not None:
             await self.watcher.start()
             self._tasks.append(asyncio.create_task(self._watch(self.watcher), name=self.watcher.group))
-        self._tasks.append(asyncio.create_task(self._expire_approvals(), name="approval-timer"))
-        self._tasks.append(asyncio.create_task(self._admit_queued(), name="admission-timer"))
+        if self.leader:
+            # Two timers could both append the same expiry: the second one settles nothing
+            # but is still an event on the log.
+            self._tasks.append(asyncio.create_task(self._expire_approvals(), name="approval-timer"))
+            self._tasks.append(asyncio.create_task(self._admit_queued(), name="admission-timer"))
 
     async def _serve(self, worker: Worker) -> None:
         while not self._stop.is_set():

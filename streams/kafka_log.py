@@ -235,7 +235,10 @@ class KafkaEventLog(EventLog):
             tp = KafkaTP(topic, partition)
             return int((await reader.end_offsets([tp]))[tp])
 
-    def consumer(self, group: str, topics: Sequence[str], *, member: str = "0") -> GroupConsumer:
+    def consumer(
+        self, group: str, topics: Sequence[str], *, member: str = "0", members: int = 1
+    ) -> GroupConsumer:
+        # The group coordinator spreads partitions among the members that join: `members` is moot.
         return KafkaGroupConsumer(self, group, list(topics), member)
 
     async def close(self) -> None:

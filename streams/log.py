@@ -185,8 +185,15 @@ class EventLog(ABC):
         """The offset the next record appended to the partition will take."""
 
     @abstractmethod
-    def consumer(self, group: str, topics: Sequence[str], *, member: str = "0") -> GroupConsumer:
-        """A group member for `topics`. `member` names it stably across restarts."""
+    def consumer(
+        self, group: str, topics: Sequence[str], *, member: str = "0", members: int = 1
+    ) -> GroupConsumer:
+        """A group member for `topics`. `member` names it stably across restarts.
+
+        `members` is how many members the deployment runs. A backend without group
+        coordination (SQLite) then gives member `i` (its name is its index, "0" to
+        "members - 1") the partitions `p` with `p % members == i`; Kafka ignores it and
+        spreads partitions among whoever joins."""
 
     @abstractmethod
     async def close(self) -> None:

@@ -1,8 +1,9 @@
 """The embedded event log: one SQLite file in WAL mode.
 
 Offsets are assigned inside write transactions, so several processes may append to the
-same file. A consumer group has one member at a time, held by an advisory file lock that
-the kernel releases when the process dies, so a restarted worker takes over at once.
+same file. A consumer group has a fixed number of members, each owning a static share of
+the partitions; every owned partition is held by an advisory file lock that the kernel
+releases when the process dies, so a restarted worker takes over at once.
 """
 
 from __future__ import annotations
@@ -250,8 +251,10 @@ class SqliteEventLog(EventLog):
         row = self._db.execute("SELECT next_offset FROM partitions WHERE tp = ?", (tp_id,)).fetchone()
         return int(row[0])
 
-    def consumer(self, group: str, topics: Sequence[str], *, member: str = "0") -> GroupConsumer:
-        return SqliteGroupConsumer(self, group, list(topics))
+    def consumer(
+        self, group: str, topics: Sequence[str], *, member: str = "0", members: int = 1
+    ) -> GroupConsumer:
+        return SqliteGroupConsumer(self, group, list(topics), member=member, members=members)
 
     async def close(self) -> None:
         self._db.close()
@@ -289,45 +292,88 @@ class SqliteEventLog(EventLog):
 
 
 class SqliteGroupConsumer(GroupConsumer):
-    """The single member of a consumer group on a SQLite log."""
+    """A member of a consumer group on a SQLite log, with a static share of the partitions.
 
-    def __init__(self, log: SqliteEventLog, group: str, topics: list[str]) -> None:
+    Member `i` of `members` owns the partitions `p` with `p % members == i` (the only
+    member owns them all). Each owned partition is held by an advisory file lock per
+    (group, topic, partition), so two members whose shares overlap (a second deployment,
+    or one started with another member count) can never read the same partition at once.
+    """
+
+    def __init__(
+        self, log: SqliteEventLog, group: str, topics: list[str], *, member: str = "0", members: int = 1
+    ) -> None:
+        if members < 1:
+            raise ConfigError(f"a consumer group needs at least one member, not {members}")
+        index = 0
+        if members > 1:
+            if not member.isdigit() or int(member) >= members:
+                raise ConfigError(
+                    f"member {member!r} of group {group!r}: with {members} members, a member is"
+                    f" named by its index, 0 to {members - 1}"
+                )
+            index = int(member)
         self.log = log
         self.group = group
         self.topics = topics
+        self.member = index
+        self.members = members
         self._positions: dict[TopicPartition, int] = {}
         self._tp_ids: dict[TopicPartition, int] = {}
-        self._lock_file: IO[bytes] | None = None
+        self._lock_files: list[IO[bytes]] = []
+        self._started = False
         self._waiter = asyncio.Event()
         self._paused: set[TopicPartition] = set()
 
+    def _owned(self) -> list[TopicPartition]:
+        return [
+            TopicPartition(topic, partition)
+            for topic in self.topics
+            for partition in range(self.log._partition_count(topic))
+            if partition % self.members == self.member
+        ]
+
+    def _lock_path(self, tp: TopicPartition) -> Path:
+        digest = hashlib.sha256(f"{self.group}\0{tp.topic}".encode()).hexdigest()[:16]
+        return self.log.path.with_name(f"{self.log.path.name}.group-{digest}.p{tp.partition}.lock")
+
     async def start(self, lock_timeout_s: float = 30.0) -> None:
-        digest = hashlib.sha256(self.group.encode()).hexdigest()[:16]
-        lock_path = self.log.path.with_name(f"{self.log.path.name}.group-{digest}.lock")
-        handle = open(lock_path, "a+b")  # noqa: SIM115, ASYNC230 - a local lock file, held while the consumer lives
+        owned = self._owned()
         deadline = time.monotonic() + lock_timeout_s
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    handle.close()
-                    raise EventLogError(
-                        f"consumer group {self.group!r} is held by another process on {self.log.path}"
-                    ) from None
-                await asyncio.sleep(0.05)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()).encode())
-        handle.flush()
-        self._lock_file = handle
-        for topic in self.topics:
-            for partition in range(self.log._partition_count(topic)):
-                tp = TopicPartition(topic, partition)
-                self._tp_ids[tp] = self.log._tp_id(tp)
+        # Taken in one global order, so members with overlapping shares never deadlock.
+        for tp in sorted(owned):
+            handle = open(self._lock_path(tp), "a+b")  # noqa: SIM115, ASYNC230 - a local lock file, held while the consumer lives
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        handle.close()
+                        self._release()
+                        raise EventLogError(
+                            f"partition {tp.partition} of {tp.topic!r} in consumer group {self.group!r}"
+                            f" is held by another process on {self.log.path}"
+                        ) from None
+                    await asyncio.sleep(0.05)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()} member {self.member} of {self.members}".encode())
+            handle.flush()
+            self._lock_files.append(handle)
+        self._tp_ids = {tp: self.log._tp_id(tp) for tp in owned}
         await self.rewind()
         self.log._wakeup.waiters.add(self._waiter)
+        self._started = True
+
+    def assigned(self) -> frozenset[TopicPartition] | None:
+        return None if self.members == 1 else frozenset(self._tp_ids)
+
+    def _release(self) -> None:
+        for handle in self._lock_files:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+        self._lock_files = []
 
     def _fetch(self, max_records: int) -> list[LogRecord]:
         records: list[LogRecord] = []
@@ -349,7 +395,7 @@ class SqliteGroupConsumer(GroupConsumer):
         return records
 
     async def poll(self, max_records: int, timeout_s: float) -> list[LogRecord]:
-        if self._lock_file is None:
+        if not self._started:
             raise EventLogError("poll() before start()")
         deadline = time.monotonic() + timeout_s
         idle_wait = 0.001
@@ -393,7 +439,5 @@ class SqliteGroupConsumer(GroupConsumer):
 
     async def stop(self) -> None:
         self.log._wakeup.waiters.discard(self._waiter)
-        if self._lock_file is not None:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-            self._lock_file.close()
-            self._lock_file = None
+        self._release()
+        self._started = False

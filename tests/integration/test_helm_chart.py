@@ -68,7 +68,12 @@ def test_default_render_has_every_component_locked_down(helm: str) -> None:
     }
     workers = by_kind(docs, "StatefulSet")["demo-agentstream-workers"]
     [container] = workers["spec"]["template"]["spec"]["containers"]
-    assert container["args"][:3] == ["serve", "--member", "$(POD_NAME)"], "a stable member name per pod"
+    assert container["args"][:3] == ["serve", "--member", "$(POD_INDEX)"], "a stable member index per pod"
+    assert container["args"][3:8] == ["--members", "2", "--processes", "1", "--no-projector"]
+    [pod_index] = [e for e in container["env"] if e["name"] == "POD_INDEX"]
+    assert (
+        pod_index["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    )
     for name, spec in pod_specs(docs).items():
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
@@ -91,9 +96,25 @@ def test_default_render_has_every_component_locked_down(helm: str) -> None:
     assert deny["spec"]["podSelector"]["matchLabels"] == {"agentstream.dev/sandbox": "true"}
 
 
+def test_replicas_processes_and_partitions_size_the_worker_groups(helm: str) -> None:
+    docs = render(helm, "workers.replicas=3", "workers.processes=4", "backends.partitions=24")
+    workers = by_kind(docs, "StatefulSet")["demo-agentstream-workers"]
+    assert workers["spec"]["replicas"] == 3
+    [container] = workers["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("--members") + 1] == "3" and args[args.index("--processes") + 1] == "4"
+    assert by_kind(docs, "ConfigMap")["demo-agentstream"]["data"]["AGENTSTREAM_PARTITIONS"] == "24"
+    error = refused(helm, "workers.replicas=3", "workers.processes=5", "backends.partitions=12")
+    assert "15 members" in error and "backends.partitions (12)" in error
+
+
 def test_components_can_be_left_out(helm: str) -> None:
     docs = render(helm, "gateway.enabled=false", "projector.enabled=false")
     assert set(pod_specs(docs)) == {"demo-agentstream-workers"}
+    [container] = by_kind(docs, "StatefulSet")["demo-agentstream-workers"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert "--no-projector" not in container["args"], "without a projector deployment, member 0 projects"
     assert "demo-agentstream-gateway" not in by_kind(docs, "Service")
 
 
@@ -118,6 +139,8 @@ def test_tenant_allowlists_open_only_their_cidrs_and_never_metadata(helm: str) -
         ("backends.logUrl=sqlite:///data/log.db", "logUrl"),
         ("backends.ledgerUrl=sqlite:///data/ledger.db", "ledgerUrl"),
         ("workers.replicas=0", "replicas"),
+        ("workers.processes=0", "processes"),
+        ("backends.partitions=0", "partitions"),
         ("sandbox.egressAllowlist.acme={169.254.169.254/32}", "egressAllowlist"),
         ("gateway.port=70000", "port"),
     ],
