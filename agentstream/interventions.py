@@ -104,7 +104,7 @@ class Interventions:
 
     async def run(self, run_id: str, tenant: str | None = None) -> RunView:
         """The run's latest view; a run of another tenant is reported as unknown."""
-        view = await self.views.view(run_id)
+        view = await self.views.view(run_id, tenant=tenant)
         if not view.events or (tenant is not None and view.tenant_id != tenant):
             raise InterventionError("not_found", f"no run {run_id}")
         return view
@@ -251,7 +251,7 @@ class Interventions:
         for row in await self.store.scan(APPROVALS):
             if row["status"] != PENDING or row["expires_at"] is None or row["expires_at"] > at:
                 continue
-            view = await self.views.view(row["run_id"])
+            view = await self.views.view(row["run_id"], tenant=row["tenant_id"])
             request = view.approvals.get(row["approval_id"])
             if request is None or not request.pending:
                 continue

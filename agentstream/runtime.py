@@ -49,7 +49,6 @@ from streams.envelope import new_run_id, root_meta
 from streams.errors import ConfigError
 from streams.events import Budget, Event, TaskSubmitted
 from streams.log import EventLog
-from streams.partitioning import partition_for
 from streams.registry import SchemaRegistry, open_registry
 from streams.worker import Handler, Worker
 
@@ -165,12 +164,13 @@ class AgentRuntime:
         self.member_log: EventLog = self.log if members == 1 else MemberLog(self.log, member, members)
         self.registry: SchemaRegistry = open_registry(settings.registry_url)
         self.codec = EventCodec(self.registry)
-        self.views = RunViews(self.log, self.codec, settings.topics)
+        self.store: ProjectionStore = open_store(settings.store_url or f"sqlite://{settings.home}/views.db")
+        # One view cache for every handler, the watcher and the interventions of this process.
+        self.views = RunViews(self.log, self.codec, settings.topics, store=self.store)
         self.ledger: IdempotencyLedger = open_ledger(
             settings.ledger_url or f"sqlite://{settings.home}/ledger.db"
         )
         self.blobs = BlobStore(settings.home / "blobs")
-        self.store: ProjectionStore = open_store(settings.store_url or f"sqlite://{settings.home}/views.db")
         projections: list[Projection] = list(builtin_projections())
         self.memory_handlers: list[Handler] = []
         self.memory_index: MemoryIndex | None = None
@@ -191,7 +191,7 @@ class AgentRuntime:
             self.watcher = JobWatcher(
                 self.member_log,
                 self.codec,
-                RunViews(self.log, self.codec, settings.topics),
+                self.views,
                 self.launcher,
                 self.blobs,
                 topics=settings.topics,
@@ -315,7 +315,7 @@ class AgentRuntime:
             self.settings.topics,
             self.store,
             producer=producer,
-            views=RunViews(self.log, self.codec, self.settings.topics),
+            views=self.views,
         )
 
     async def _expire_approvals(self) -> None:
@@ -365,21 +365,17 @@ class AgentRuntime:
 
     async def follow(self, run_id: str, poll_s: float = 0.02) -> AsyncIterator[Event]:
         """The run's events as they are appended, until (and including) its terminal one."""
-        topic = self.settings.topics.events
-        key = run_id.encode()
-        partition = partition_for(key, await self.log.partitions(topic))
-        offset = 0
+        seen = 0
         while True:
-            records = await self.log.read_key(topic, partition, key, offset)
-            for record in records:
-                offset = record.offset + 1
-                event = await self.codec.decode(record.value)
+            events = await self.views.events(run_id)
+            for event in events[seen:]:
                 yield event
                 if event.type_name in TERMINAL_TYPES:
                     return
-            if not records:
+            if len(events) == seen:
                 self.check_health()
                 await asyncio.sleep(poll_s)
+            seen = len(events)
 
     async def view(self, run_id: str) -> RunView:
         return await self.views.view(run_id)

@@ -9,11 +9,12 @@ submitter, and always within the submitter's tenant:
   every submission with the same (tenant, key) names the same run;
 - without one: `uuid5(RUN_NAMESPACE, "event\\n<tenant>\\n<event_id>")`.
 
-A submission whose (tenant, key) an earlier record of the same tasks partition already
-carried is a duplicate and creates nothing, and neither does one whose run is already on
-the events topic. The first rule depends only on the tasks log, which never changes, so a
-worker redoing a batch after a crash decides the same way; records of one key land in one
-partition when producers key them by the idempotency key, as the README asks.
+A submission whose run is already on the events topic is a duplicate and creates
+nothing. The check is a keyed look-up (the run views' cache, else the episodic view),
+never a scan of a topic. Copies of one submission are handled one after another when
+producers key them by the idempotency key, as the README asks (one key, one partition,
+one worker, in order), so a copy that arrives before the first copy's run has committed
+is caught by the worker's not-yet-committed outputs (`HandlerContext.uncommitted`).
 
 The intake is also the one admission point of every run, whatever its entry (CLI,
 gateway, an upstream system): it lowers the task's budget to the tenant's ceilings
@@ -31,7 +32,7 @@ from handlers.policy import TenantPolicies
 from projections.run_view import RunViews
 from streams.codec import EventCodec
 from streams.envelope import derived_event_id, now
-from streams.errors import HandlerRejected, PoisonEvent
+from streams.errors import HandlerRejected
 from streams.events import Event, EventMeta, RunQueued, TaskSubmitted
 from streams.log import EventLog
 from streams.topics import Topics
@@ -77,9 +78,9 @@ class TaskIntake(Handler):
         if not event.goal.strip():
             raise HandlerRejected("a task needs a goal")
         run_id = run_id_for(meta.tenant_id, event.upstream_idempotency_key, meta.event_id)
-        if event.upstream_idempotency_key and await self._submitted_before(event, ctx):
-            return []
-        if await self.views.events(run_id):
+        if any(e.meta.run_id == run_id for e in ctx.uncommitted):
+            return []  # an earlier copy of this submission started the run; not yet committed
+        if await self.views.events(run_id, tenant=meta.tenant_id):
             return []
         policy = self.policies.for_tenant(meta.tenant_id)
         run_meta = EventMeta(
@@ -106,33 +107,3 @@ class TaskIntake(Handler):
             reason = f"tenant {meta.tenant_id} runs at most {cap} at a time; runs start in submission order"
             started.append(RunQueued(meta=queued_meta, reason=reason, max_concurrent_runs=cap))
         return started
-
-    async def _submitted_before(self, event: TaskSubmitted, ctx: HandlerContext) -> bool:
-        """Whether an earlier record of this tasks partition carried the same (tenant, key)."""
-        record = ctx.record
-        if record.key is not None:
-            same_key = await self.log.read_key(record.topic, record.partition, record.key)
-        else:
-            same_key = []
-            offset = 0
-            while offset < record.offset:
-                batch = await self.log.read(record.topic, record.partition, offset, 1000)
-                if not batch:
-                    break
-                same_key.extend(r for r in batch if r.key is None)
-                offset = batch[-1].offset + 1
-        for previous in (r for r in same_key if r.offset < record.offset):
-            try:
-                if await self.codec.type_of(previous.value) != "TaskSubmitted":
-                    continue
-                task = await self.codec.decode(previous.value)
-            except PoisonEvent:
-                continue  # dead-lettered when it was consumed: it started no run
-            assert isinstance(task, TaskSubmitted)
-            if (
-                task.meta.tenant_id == event.meta.tenant_id
-                and task.upstream_idempotency_key == event.upstream_idempotency_key
-                and task.goal.strip()
-            ):
-                return True
-        return False

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+from projections.episodic import Episodes, EpisodicProjection
+from projections.errors import ProjectionError
+from projections.stores.base import ProjectionStore
 from streams.codec import EventCodec
 from streams.errors import PoisonEvent
 from streams.events import (
@@ -42,7 +45,7 @@ from streams.events import (
     ToolCallRejected,
     ToolCallRequested,
 )
-from streams.log import EventLog, LogRecord
+from streams.log import EventLog, LogRecord, TopicPartition
 from streams.partitioning import partition_for
 from streams.topics import Topics
 from streams.worker import HandlerContext
@@ -348,11 +351,28 @@ class RunViews:
     are left out here; the workers dead-letter them.
     """
 
-    def __init__(self, log: EventLog, codec: EventCodec, topics: Topics, *, cache_runs: int = 10_000) -> None:
+    def __init__(
+        self,
+        log: EventLog,
+        codec: EventCodec,
+        topics: Topics,
+        *,
+        cache_runs: int = 10_000,
+        store: ProjectionStore | None = None,
+        history_wait_s: float = 10.0,
+    ) -> None:
+        """`store`: the projection store whose episodic view holds every run's events. With
+        it, a tail starts where that view has got to and a run not in the cache is read
+        from the view, never by scanning the log; without it, tails start at offset 0 and
+        a run not in the cache is read back with `EventLog.read_key`. `history_wait_s`: how
+        long a read from the view waits for it to catch up with the tail."""
         self.log = log
         self.codec = codec
         self.topics = topics
         self.cache_runs = cache_runs
+        self.store = store
+        self.history_wait_s = history_wait_s
+        self._tail_starts: dict[int, int] = {}
         self._cache: OrderedDict[str, list[Event]] = OrderedDict()
         self._tails: dict[int, int] = {}  # partition -> the next offset its tail reads
         self._locks: dict[int, asyncio.Lock] = {}
@@ -369,7 +389,12 @@ class RunViews:
         end when None)."""
         lock = self._locks.setdefault(partition, asyncio.Lock())
         async with lock:
-            tail = self._tails.get(partition, 0)
+            if partition not in self._tails:
+                start = 0
+                if self.store is not None:
+                    start = await self.store.applied(EpisodicProjection.name, self.topics.events, partition)
+                self._tails[partition] = self._tail_starts[partition] = start
+            tail = self._tails[partition]
             if through is not None and tail >= through:
                 return
             topic = self.topics.events
@@ -410,18 +435,42 @@ class RunViews:
             self._absence_known = False
         return events
 
-    async def events(self, run_id: str, *, through: int | None = None) -> list[Event]:
+    async def events(
+        self, run_id: str, *, through: int | None = None, tenant: str | None = None
+    ) -> list[Event]:
         """The run's committed events, in log order, up to `through` at least (to the
-        log's end when None)."""
+        log's end when None). `tenant`, when known, lets a run that is not cached be read
+        from the episodic view."""
         partition = await self._partition(run_id)
         await self._catch_up(partition, through)
         cached = self._cache.get(run_id)
-        if cached is not None:
-            self._cache.move_to_end(run_id)
-            return list(cached)
-        if self._absence_known and run_id not in self._evicted:
+        if cached is None:
+            # Under the partition's lock, so the tail does not move past the history read.
+            async with self._locks[partition]:
+                cached = self._cache.get(run_id)
+                if cached is None:
+                    cached = await self._history(run_id, partition, tenant)
+                    if not cached:
+                        return []
+                    self._remember(run_id, cached)
+        self._cache.move_to_end(run_id)
+        return list(cached)
+
+    async def _history(self, run_id: str, partition: int, tenant: str | None) -> list[Event]:
+        """The events of a run the tail has not cached, below the tail."""
+        tail = self._tails[partition]
+        if self.store is not None and tenant is not None:
+            try:
+                if tail > 0:
+                    position = TopicPartition(self.topics.events, partition)
+                    await self.store.wait_for(
+                        EpisodicProjection.name, position, tail - 1, self.history_wait_s
+                    )
+                return await self._from_view(run_id, tenant, tail)
+            except ProjectionError:
+                pass  # no projector keeps the view (or it is not set up yet): read the log
+        elif self._tail_starts[partition] == 0 and self._absence_known and run_id not in self._evicted:
             return []  # the tail read the partition from its start and never saw this run
-        tail = self._tails.get(partition, 0)
         events: list[Event] = []
         for record in await self.log.read_key(self.topics.events, partition, run_id.encode()):
             if record.offset >= tail:
@@ -430,20 +479,37 @@ class RunViews:
                 events.append(await self.codec.decode(record.value))
             except PoisonEvent:
                 continue
-        if events:
-            self._remember(run_id, events)
-        return list(events)
+        return events
+
+    async def _from_view(self, run_id: str, tenant: str, below: int) -> list[Event]:
+        assert self.store is not None
+        episodes = Episodes(self.store)
+        events: list[Event] = []
+        after: int | None = None
+        while True:
+            page = await episodes.by_run(tenant, run_id, after_offset=after, limit=500)
+            events.extend(row.event() for row in page if row.offset < below)
+            if len(page) < 500 or page[-1].offset >= below:
+                return events
+            after = page[-1].offset
 
     async def view(
-        self, run_id: str, include: Sequence[Event] = (), *, through: int | None = None
+        self,
+        run_id: str,
+        include: Sequence[Event] = (),
+        *,
+        through: int | None = None,
+        tenant: str | None = None,
     ) -> RunView:
-        events = await self.events(run_id, through=through)
+        events = await self.events(run_id, through=through, tenant=tenant)
         seen = {e.meta.event_id for e in events}
-        events.extend(e for e in include if e.meta.event_id not in seen)
+        events.extend(e for e in include if e.meta.event_id not in seen and e.meta.run_id == run_id)
         return RunView.fold(run_id, events)
 
     async def for_handler(self, event: Event, ctx: HandlerContext) -> RunView:
         """The view a handler decides on: everything its worker has consumed of the run's
         partition, and what the handler emitted for the run that the log has not yet shown."""
         through = ctx.consumed_through if ctx.record.topic == self.topics.events else None
-        return await self.view(event.meta.run_id, ctx.uncommitted, through=through)
+        return await self.view(
+            event.meta.run_id, ctx.uncommitted, through=through, tenant=event.meta.tenant_id
+        )

@@ -470,7 +470,11 @@ class Worker:
                 await self._sleep(self.retry.delay(attempt))
                 attempt += 1
         self.stats.handled += 1
-        emitted_for_run.extend(out for out in emitted if out.meta.run_id == event.meta.run_id)
+        # A handler that reads its outputs back keeps only the run's own until it does;
+        # one that never reads them back (the intake) keeps all until they commit.
+        emitted_for_run.extend(
+            out for out in emitted if out.meta.run_id == event.meta.run_id or not self._reads_own_outputs
+        )
         outputs = await self._encode(emitted)
         self.stats.emitted += len(outputs)
         return outputs

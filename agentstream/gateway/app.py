@@ -107,7 +107,7 @@ class GatewayBackends:
             self.runtime = self.runtime_factory()
             await self.runtime.start()
             self.log, self.codec, self.store = self.runtime.log, self.runtime.codec, self.runtime.store
-            self.views = RunViews(self.log, self.codec, self.settings.topics, cache_runs=1024)
+            self.views = self.runtime.views
             return
         self.log = open_log(self.settings.log_url)
         self._registry = open_registry(self.settings.registry_url)
@@ -117,7 +117,7 @@ class GatewayBackends:
             await self.log.create_topic(spec)
         for projection in builtin_projections():
             await self.store.register(projection.schema)
-        self.views = RunViews(self.log, self.codec, self.settings.topics, cache_runs=1024)
+        self.views = RunViews(self.log, self.codec, self.settings.topics, cache_runs=1024, store=self.store)
 
     async def close(self) -> None:
         if self.runtime is not None:
@@ -266,7 +266,7 @@ def create_app(backends: GatewayBackends, tokens: TokenBook) -> FastAPI:
         event_id = new_run_id()
         run_id = run_id_for(who.tenant, idempotency_key, event_id)
         if idempotency_key is not None:
-            existing = await backends.views.view(run_id)
+            existing = await backends.views.view(run_id, tenant=who.tenant)
             if existing.events:
                 if existing.goal_history[:1] != [body.goal]:
                     raise ApiError(409, "conflict", "this Idempotency-Key was used for a different task")
