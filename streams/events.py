@@ -254,6 +254,22 @@ class PlanProposed(Event):
     """Event ids of earlier runs recalled into this step's prompt (episodic recall), as cited there."""
 
 
+class RateLimitSet(Event):
+    """An operator set the rate limit of a model provider ('openai') or of one model spec ('openai:gpt-4o'); on the control topic, keyed by that name. It replaces the previous limit of the same name; a null field means no limit. meta.run_id is 'control' and meta.tenant_id '*'."""
+
+    type_name: ClassVar[str] = "RateLimitSet"
+    fullname: ClassVar[str] = "agentstream.events.RateLimitSet"
+
+    provider: str
+    """A provider ('openai', 'anthropic', 'local') or a model spec ('openai:gpt-4o-mini')."""
+    requests_per_minute: int | None = None
+    """Model calls per minute; each worker process enforces it on its own calls."""
+    tokens_per_minute: int | None = None
+    """Input plus output tokens per minute."""
+    by: str
+    """Who set it."""
+
+
 class RunAborted(Event):
     """The run was stopped by a limit: a budget or a stop rule."""
 
@@ -470,6 +486,22 @@ class ToolCallRequested(Event):
     """Arguments exactly as the model produced them (JSON text, possibly malformed)."""
 
 
+class ToolSwitched(Event):
+    """An operator turned a tool off or back on for every tenant (a kill switch); on the control topic, keyed by tool name. meta.run_id is 'control' and meta.tenant_id '*'."""
+
+    type_name: ClassVar[str] = "ToolSwitched"
+    fullname: ClassVar[str] = "agentstream.events.ToolSwitched"
+
+    tool: str
+    """The tool's name."""
+    enabled: bool
+    """False: calls of the tool are rejected ('tool_disabled') and not run; true: allowed again."""
+    reason: str | None = None
+    """Why, shown to the model in the rejection."""
+    by: str
+    """Who switched it."""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type_name: cls
     for cls in (
@@ -483,6 +515,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         MemoryWritten,
         ObservationRecorded,
         PlanProposed,
+        RateLimitSet,
         RunAborted,
         RunCancelled,
         RunCompleted,
@@ -497,6 +530,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ToolCallDispatched,
         ToolCallRejected,
         ToolCallRequested,
+        ToolSwitched,
     )
 }
 """Every event type of the catalogue, by short type name."""
