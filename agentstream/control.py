@@ -18,7 +18,7 @@ from streams.log import EventLog, OutgoingRecord
 from streams.topics import Topics
 
 PROVIDERS = ("openai", "anthropic", "local")
-_TOOL_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_TOOL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")  # what a ToolSpec accepts as a name
 
 
 class ControlError(ValueError):

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agentstream.config import Settings
 from agentstream.control import ControlError, OperatorControls
 from agentstream.runtime import AgentRuntime, Task
+from handlers.llm.base import ModelClient
+from handlers.llm.messages import ModelRequest, ModelResponse, ToolCall, ToolResultMessage
+from handlers.slots import FairSlots
 from handlers.tool_executor import ToolExecutor
-from handlers.tools.base import ToolRegistry
+from handlers.tools.base import Tool, ToolContext, ToolRegistry, ToolResult, ToolSpec
 from handlers.tools.calculator import CalculatorTool
 from projections.blobs import BlobStore
 from projections.control import ControlState
@@ -179,3 +183,59 @@ async def test_the_executor_refuses_a_call_dispatched_before_its_tool_was_disabl
         assert claim.state == "new"  # it never ran: nothing claimed its key before
     finally:
         await ledger.aclose()
+
+
+class SlotProbe(ModelClient):
+    """Answers by calling `probe` once, then finishes; notes how many model slots are held."""
+
+    def __init__(self, slots: Callable[[], FairSlots]) -> None:
+        self.slots = slots
+        self.held: list[int] = []
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        self.held.append(self.slots().held)
+        if any(isinstance(m, ToolResultMessage) for m in request.messages):
+            return ModelResponse(text="done", model="probe")
+        return ModelResponse(
+            text="probing", model="probe", tool_calls=[ToolCall(id="c", name="probe", arguments={})]
+        )
+
+
+class ProbeTool(Tool):
+    """Notes how many tool slots are held while it runs."""
+
+    def __init__(self, slots: Callable[[], FairSlots]) -> None:
+        self.slots = slots
+        self.held: list[int] = []
+
+    @property
+    def spec(self) -> ToolSpec:
+        return ToolSpec(name="probe", description="probe", parameters={"type": "object", "properties": {}})
+
+    async def run(self, args: Mapping[str, Any], ctx: ToolContext) -> ToolResult:
+        self.held.append(self.slots().held)
+        return ToolResult.success("ok")
+
+
+async def test_each_model_call_and_tool_call_holds_a_slot_while_it_runs(tmp_path: Path) -> None:
+    settings = Settings(
+        home=tmp_path / "home",
+        log_url=f"sqlite://{tmp_path}/log.db",
+        registry_url=f"sqlite://{tmp_path}/registry.db",
+        topics=Topics("slots", 2),
+    )
+    holder: list[AgentRuntime] = []
+    model = SlotProbe(lambda: holder[0].model_slots)
+    tool = ProbeTool(lambda: holder[0].tool_slots)
+    registry = ToolRegistry([tool])
+    runtime = AgentRuntime(settings, memory=False, registry=registry, models=lambda _spec: model)
+    holder.append(runtime)
+    await runtime.start()
+    try:
+        events = await run(runtime, "probe once")
+    finally:
+        await runtime.stop()
+    assert events[-1].type_name == "RunCompleted"
+    assert model.held == [1, 1] and tool.held == [1]
+    assert runtime.model_slots.held == 0 and runtime.tool_slots.held == 0
+    assert (runtime.model_slots.capacity, runtime.tool_slots.capacity) == (256, 256)
