@@ -163,9 +163,10 @@ class ToolExecutor(FailsRunWhenStuck):
     async def handle(self, event: Event, ctx: HandlerContext) -> Sequence[Event]:
         assert isinstance(event, ToolCallDispatched)
         started = time.monotonic()
-        if switch := self.control.disabled(event.tool):
-            return self._observed(event, ctx, ToolResult.failure(disabled_message(switch)), 0)
+        switch = self.control.disabled(event.tool)
         if event.tool in self.registry and isinstance(tool := self.registry.get(event.tool), SandboxTool):
+            if switch:
+                return self._observed(event, ctx, ToolResult.failure(disabled_message(switch)), 0)
             return await self._launch(event, tool, ctx)
         if event.tool not in self.registry:
             result = ToolResult.failure(f"no tool named {event.tool!r} in this worker")
@@ -179,6 +180,9 @@ class ToolExecutor(FailsRunWhenStuck):
                     f"{event.tool} was interrupted by a worker crash; its outcome is unknown and"
                     " it is not repeated because the tool is not idempotent"
                 )
+                await self.ledger.complete(event.idempotency_key, _result_json(result))
+            elif switch:  # dispatched before the tool was disabled: it does not run
+                result = ToolResult.failure(disabled_message(switch))
                 await self.ledger.complete(event.idempotency_key, _result_json(result))
             else:
                 async with self.slots.slot(event.meta.tenant_id):

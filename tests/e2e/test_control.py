@@ -21,7 +21,6 @@ from handlers.llm.messages import ModelRequest, ModelResponse, ToolCall, ToolRes
 from handlers.slots import FairSlots
 from handlers.tool_executor import ToolExecutor
 from handlers.tools.base import Tool, ToolContext, ToolRegistry, ToolResult, ToolSpec
-from handlers.tools.calculator import CalculatorTool
 from projections.blobs import BlobStore
 from projections.control import ControlState
 from projections.idempotency import SqliteIdempotencyLedger
@@ -155,19 +154,18 @@ async def test_the_executor_refuses_a_call_dispatched_before_its_tool_was_disabl
     state = ControlState()
     state.apply(
         ToolSwitched(
-            meta=root_meta("control", "*", "test"), tool="calculator", enabled=False, reason="bug", by="ops"
+            meta=root_meta("control", "*", "test"), tool="probe", enabled=False, reason="bug", by="ops"
         )
     )
+    tool = ProbeTool(lambda: FairSlots(1))
     ledger = SqliteIdempotencyLedger(tmp_path / "ledger.db")
-    executor = ToolExecutor(
-        ToolRegistry([CalculatorTool()]), ledger, BlobStore(tmp_path / "blobs"), control=state
-    )
+    executor = ToolExecutor(ToolRegistry([tool]), ledger, BlobStore(tmp_path / "blobs"), control=state)
     dispatched = ToolCallDispatched(
         meta=root_meta("run-1", "acme", "tool-router"),
         step=1,
         tool_call_id="call_1_0",
-        tool="calculator",
-        arguments_json='{"expression":"1+1"}',
+        tool="probe",
+        arguments_json="{}",
         idempotency_key="k1",
         attempt=1,
         timeout_ms=1000,
@@ -178,9 +176,11 @@ async def test_the_executor_refuses_a_call_dispatched_before_its_tool_was_disabl
         observation = outputs[0]
         assert isinstance(observation, ObservationRecorded)
         assert not observation.ok
-        assert observation.error == "the tool calculator is disabled by an operator (ops): bug"
-        claim = await ledger.claim("k1", "run-1", "calculator")
-        assert claim.state == "new"  # it never ran: nothing claimed its key before
+        assert observation.error == "the tool probe is disabled by an operator (ops): bug"
+        assert tool.held == []  # it never ran
+        # Its outcome is recorded, so a redelivered dispatch never runs it either.
+        claim = await ledger.claim("k1", "run-1", "probe")
+        assert claim.state == "completed" and "disabled" in (claim.result_json or "")
     finally:
         await ledger.aclose()
 
