@@ -115,13 +115,19 @@ class ControlTail:
             self._offsets = dict.fromkeys(range(await self.log.partitions(self.topic)), 0)
         read = 0
         for partition, offset in self._offsets.items():
+            end = await self.log.end_offset(self.topic, partition)
+            if offset >= end:
+                continue
             records = await self.log.read(self.topic, partition, offset, limit)
             for record in records:
                 try:
                     self.state.apply(await self.codec.decode(record.value))
                 except PoisonEvent as exc:  # a record nobody can read must not stop the rest
                     log.warning("skipping control record %d[%d]: %s", record.offset, partition, exc)
-                self._offsets[partition] = record.offset + 1
+                offset = record.offset + 1
+            # A short read got everything before `end`; offsets without records (Kafka's
+            # transaction markers) are skipped rather than asked for again on every poll.
+            self._offsets[partition] = offset if len(records) == limit else max(offset, end)
             read += len(records)
         return read
 
