@@ -29,6 +29,7 @@ from streams.events import Event, ObservationRecorded, ToolCallDispatched, ToolS
 from streams.log import LogRecord
 from streams.topics import Topics
 from streams.worker import HandlerContext
+from tests.support.backends import Backend
 from tests.support.goal_model import GoalModel
 
 pytestmark = pytest.mark.slow
@@ -46,13 +47,20 @@ def goal_model(monkeypatch: pytest.MonkeyPatch) -> Iterator[GoalModel]:
         yield model
 
 
+BACKENDS = pytest.mark.parametrize(
+    "backend",
+    ["sqlite", pytest.param("kafka", marks=[pytest.mark.integration, pytest.mark.kafka])],
+    indirect=True,
+)
+
+
 @pytest.fixture
-async def runtime(tmp_path: Path, goal_model: GoalModel) -> AsyncIterator[AgentRuntime]:
+async def runtime(tmp_path: Path, backend: Backend, goal_model: GoalModel) -> AsyncIterator[AgentRuntime]:
     settings = Settings(
         home=tmp_path / "home",
-        log_url=f"sqlite://{tmp_path}/log.db",
-        registry_url=f"sqlite://{tmp_path}/registry.db",
-        topics=Topics("ctl", 2),
+        log_url=backend.url,
+        registry_url=f"sqlite://{backend.registry_path}",
+        topics=backend.topics,
         model_slots=2,
         tool_slots=2,
     )
@@ -93,6 +101,7 @@ def of_type(events: list[Event], name: str) -> list[Event]:
     return [e for e in events if e.type_name == name]
 
 
+@BACKENDS
 async def test_a_disabled_tool_is_rejected_and_the_model_is_told(runtime: AgentRuntime) -> None:
     await controls(runtime).switch_tool("calculator", enabled=False, by="ops", reason="maintenance")
     await until(lambda: runtime.control.disabled("calculator") is not None, "the switch reached the runtime")
@@ -116,6 +125,7 @@ async def test_a_disabled_tool_is_rejected_and_the_model_is_told(runtime: AgentR
     assert runtime.tool_slots.held == 0 and runtime.model_slots.held == 0
 
 
+@BACKENDS
 async def test_a_rate_limit_event_changes_the_limiter_of_a_running_runtime(runtime: AgentRuntime) -> None:
     assert runtime.rate_limits.limit("openai:gpt-4o-mini") == (None, None)
     await controls(runtime).set_rate_limit(
@@ -138,6 +148,7 @@ async def test_a_rate_limit_event_changes_the_limiter_of_a_running_runtime(runti
     assert state.rate_limits() == {}
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 async def test_control_actions_refuse_bad_input(runtime: AgentRuntime) -> None:
     with pytest.raises(ControlError, match="not a provider"):
         await controls(runtime).set_rate_limit("nope", requests_per_minute=1, tokens_per_minute=None, by="x")
