@@ -18,6 +18,7 @@ from agentstream.control import ControlError, OperatorControls
 from agentstream.runtime import AgentRuntime, Task
 from handlers.llm.base import ModelClient
 from handlers.llm.messages import ModelRequest, ModelResponse, ToolCall, ToolResultMessage
+from handlers.policy import TenantPolicies, ToolPolicy
 from handlers.slots import FairSlots
 from handlers.tool_executor import ToolExecutor
 from handlers.tools.base import Tool, ToolContext, ToolRegistry, ToolResult, ToolSpec
@@ -250,3 +251,28 @@ async def test_each_model_call_and_tool_call_holds_a_slot_while_it_runs(tmp_path
     assert model.held == [1, 1] and tool.held == [1]
     assert runtime.model_slots.held == 0 and runtime.tool_slots.held == 0
     assert (runtime.model_slots.capacity, runtime.tool_slots.capacity) == (256, 256)
+
+
+async def test_the_runtime_shares_its_slots_by_the_tenants_policy_weights(tmp_path: Path) -> None:
+    settings = Settings(
+        home=tmp_path / "home",
+        log_url=f"sqlite://{tmp_path}/log.db",
+        registry_url=f"sqlite://{tmp_path}/registry.db",
+        topics=Topics("weights", 1),
+        model_slots=1,
+    )
+    policy = TenantPolicies(ToolPolicy(), {"gold": ToolPolicy(weight=3)})
+    runtime = AgentRuntime(settings, memory=False, policy=policy)
+    order: list[str] = []
+
+    async def call(tenant: str) -> None:
+        async with runtime.model_slots.slot(tenant):
+            order.append(tenant)
+            await asyncio.sleep(0)
+
+    try:
+        await asyncio.gather(*(call(t) for t in ["bronze"] * 100 + ["gold"] * 100))
+    finally:
+        await runtime.stop()
+    window = order[1:41]  # after the first call took the free slot: rounds of bronze, gold x3
+    assert (window.count("gold"), window.count("bronze")) == (30, 10)
