@@ -8,8 +8,11 @@ the control state (`RateLimitSet` events), read on every call, so a changed limi
 within one nap (at most a second) even to calls already waiting.
 
 A provider that answers HTTP 429 with a Retry-After pauses that provider for every call
-of the process, not only the one that was throttled: no call to it starts before the
-pause ends.
+of the process, not only the one that was throttled: until the pause ends, a call to it
+fails at once with a `RateLimitedError` carrying the rest of the pause as its
+`retry_after`, without reaching the provider. The `RetryingModel` around it then waits
+and retries within its policy (and a `FallbackModel` moves on when that gives up), just
+as if the provider itself had answered 429.
 
 Each process enforces a limit on its own calls.
 """
@@ -89,7 +92,7 @@ class _Gate:
         self.tokens = _bucket(self.tokens, wanted[1], now)
 
     def wait(self, tokens: int, now: float) -> float:
-        waits = [self.paused_until - now]
+        waits = [0.0]
         if self.requests is not None:
             waits.append(self.requests.wait(1, now))
         if self.tokens is not None:
@@ -151,7 +154,8 @@ class ModelRateLimiter:
         return self._gate(key, self._clock()).limit
 
     def delay(self, spec: str, tokens: int = 0) -> float:
-        """Seconds a call of `spec` with `tokens` estimated tokens would wait now."""
+        """Seconds a call of `spec` with `tokens` estimated tokens would wait for its
+        buckets now (a pause is not a wait: see `paused_for`)."""
         now = self._clock()
         return max(self._gate(key, now).wait(tokens, now) for key in _keys(spec))
 
@@ -180,6 +184,11 @@ class ModelRateLimiter:
         gate = self._gate(_keys(spec)[0], self._clock())
         gate.paused_until = max(gate.paused_until, self._clock() + min(max(seconds, 0.0), MAX_PAUSE_S))
 
+    def paused_for(self, spec: str) -> float:
+        """Seconds left of a pause of the provider of `spec` (0 when it is not paused)."""
+        now = self._clock()
+        return max(0.0, self._gate(_keys(spec)[0], now).paused_until - now)
+
 
 def estimate_tokens(request: ModelRequest) -> int:
     """Tokens a request may use: about four characters a token in, plus the most it may write."""
@@ -201,9 +210,20 @@ class RateLimitedModel(ModelClient):
         """The inner client's name."""
         return self.inner.name
 
+    def _check_pause(self) -> None:
+        if paused := self.limiter.paused_for(self.spec):
+            raise RateLimitedError(
+                f"{self.spec}: the provider asked every caller to wait; {paused:.1f}s left",
+                provider=self.spec.partition(":")[0],
+                status_code=429,
+                retry_after=paused,
+            )
+
     async def complete(self, request: ModelRequest) -> ModelResponse:
         estimated = estimate_tokens(request)
+        self._check_pause()
         await self.limiter.acquire(self.spec, estimated)
+        self._check_pause()  # a pause may have begun while this call waited for its bucket
         try:
             response = await self.inner.complete(request)
         except RateLimitedError as error:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from handlers.llm.base import ModelClient, RateLimitedError
+from handlers.llm.base import FallbackModel, ModelClient, RateLimitedError, RetryingModel, RetryPolicy
 from handlers.llm.messages import ModelRequest, ModelResponse, Usage, UserMessage
 from handlers.rate_limits import (
     MAX_PAUSE_S,
@@ -142,23 +142,41 @@ async def test_a_retry_after_pauses_the_provider_for_every_call() -> None:
     throttled = RateLimitedModel(Throttled(1, retry_after=7.0), limiter, "openai:gpt-4o")
     with pytest.raises(RateLimitedError):
         await throttled.complete(REQUEST)
-    assert clock.slept == []
-    # Another model of the same provider, called by someone else, waits out the pause ...
-    other = RateLimitedModel(Throttled(0, None), limiter, "openai:gpt-4o-mini")
-    assert (await other.complete(REQUEST)).text == "ok"
-    assert sum(clock.slept) == pytest.approx(7.0)
-    # ... and another provider never did.
-    assert limiter.delay("anthropic:claude") == 0
+    assert limiter.paused_for("openai:gpt-4o-mini") == pytest.approx(7.0)
+    # Another model of the same provider, called by someone else, is told to wait without
+    # reaching the provider ...
+    provider = Throttled(0, None)
+    other = RateLimitedModel(provider, limiter, "openai:gpt-4o-mini")
+    with pytest.raises(RateLimitedError) as caught:
+        await other.complete(REQUEST)
+    assert caught.value.retry_after == pytest.approx(7.0) and provider.calls == 0
+    # ... so the retrying client around it waits the pause out, then calls once.
+    retrying = RetryingModel(other, RetryPolicy(max_attempts=2), sleep=clock.sleep, clock=clock)
+    assert (await retrying.complete(REQUEST)).text == "ok"
+    assert provider.calls == 1 and sum(clock.slept) >= 7.0
+    # Another provider never was paused.
+    assert limiter.paused_for("anthropic:claude") == 0
+
+
+async def test_a_pause_longer_than_the_retry_budget_gives_up_so_a_fallback_can_answer() -> None:
+    limiter, _, clock = limiter_with()
+    limiter.pause("openai:m", 500.0)
+    primary = RetryingModel(
+        RateLimitedModel(Throttled(0, None), limiter, "openai:m"), sleep=clock.sleep, clock=clock
+    )
+    fallback = RateLimitedModel(Throttled(0, None), limiter, "anthropic:m")
+    assert (await FallbackModel(primary, fallback).complete(REQUEST)).text == "ok"
+    assert clock.slept == []  # 500 s is beyond the 120 s retry budget: no wait at all
 
 
 async def test_a_429_without_retry_after_pauses_nothing_and_a_huge_one_is_capped() -> None:
     limiter, _, clock = limiter_with()
     with pytest.raises(RateLimitedError):
         await RateLimitedModel(Throttled(1, retry_after=None), limiter, "openai:m").complete(REQUEST)
-    assert limiter.delay("openai:m") == 0
+    assert limiter.paused_for("openai:m") == 0
     with pytest.raises(RateLimitedError):
         await RateLimitedModel(Throttled(1, retry_after=86_400.0), limiter, "openai:m").complete(REQUEST)
-    assert limiter.delay("openai:m") == pytest.approx(MAX_PAUSE_S)
+    assert limiter.paused_for("openai:m") == pytest.approx(MAX_PAUSE_S)
     assert clock.slept == []
 
 
