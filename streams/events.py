@@ -255,17 +255,17 @@ class PlanProposed(Event):
 
 
 class RateLimitSet(Event):
-    """An operator set the rate limit of a model provider ('openai') or of one model spec ('openai:gpt-4o'); on the control topic, keyed by that name. It replaces the previous limit of the same name; a null field means no limit. meta.run_id is 'control' and meta.tenant_id '*'."""
+    """An operator set the rate limit of a model provider or model spec (control topic)."""
 
     type_name: ClassVar[str] = "RateLimitSet"
     fullname: ClassVar[str] = "agentstream.events.RateLimitSet"
 
     provider: str
-    """A provider ('openai', 'anthropic', 'local') or a model spec ('openai:gpt-4o-mini')."""
+    """A provider ('openai') or a model spec ('openai:gpt-4o-mini'); the record key."""
     requests_per_minute: int | None = None
-    """Model calls per minute; each worker process enforces it on its own calls."""
+    """Model calls per minute (null: no limit), enforced by each worker process."""
     tokens_per_minute: int | None = None
-    """Input plus output tokens per minute."""
+    """Input plus output tokens per minute (null: no limit)."""
     by: str
     """Who set it."""
 
@@ -487,7 +487,7 @@ class ToolCallRequested(Event):
 
 
 class ToolSwitched(Event):
-    """An operator turned a tool off or back on for every tenant (a kill switch); on the control topic, keyed by tool name. meta.run_id is 'control' and meta.tenant_id '*'."""
+    """An operator turned a tool off or back on for every tenant (control topic, key: tool)."""
 
     type_name: ClassVar[str] = "ToolSwitched"
     fullname: ClassVar[str] = "agentstream.events.ToolSwitched"
