@@ -97,7 +97,7 @@ class _Gate:
             waits.append(self.requests.wait(1, now))
         if self.tokens is not None:
             waits.append(self.tokens.wait(tokens, now))
-        return max(0.0, *waits)
+        return max(waits)
 
     def take(self, tokens: int, now: float) -> None:
         if self.requests is not None:
