@@ -239,6 +239,7 @@ def _register_projections() -> None:
 
 
 _register_projections()
+importlib.import_module("agentstream.cli_control").register(main)  # tools, limits
 
 
 @main.group()

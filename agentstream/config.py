@@ -10,6 +10,8 @@
 | AGENTSTREAM_TOPIC_PREFIX  | agentstream                       |
 | AGENTSTREAM_PARTITIONS    | 4                                 |
 | AGENTSTREAM_SANDBOX_URL   | local://$AGENTSTREAM_HOME/jobs    |
+| AGENTSTREAM_MODEL_SLOTS   | 256 (model calls in flight per process) |
+| AGENTSTREAM_TOOL_SLOTS    | 256 (tool calls in flight per process)  |
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ class Settings:
     sandbox_url: str = ""
     """Where sandboxed tools (run_python, run_shell) run their jobs: local://STATE_DIR or
     k8s://NAMESPACE; empty leaves those tools out."""
+    model_slots: int = 256
+    """Model calls one process runs at once, shared fairly across tenants."""
+    tool_slots: int = 256
+    """Tool calls one process runs at once (sandboxed jobs not counted), shared likewise."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: str | None) -> Settings:
@@ -73,4 +79,17 @@ class Settings:
             store_url,
             ledger_url=ledger_url,
             sandbox_url=sandbox_url,
+            model_slots=_slots(env, "AGENTSTREAM_MODEL_SLOTS"),
+            tool_slots=_slots(env, "AGENTSTREAM_TOOL_SLOTS"),
         )
+
+
+def _slots(env: Mapping[str, str], name: str) -> int:
+    text = env.get(name, "256")
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{name} must be a whole number of at least 1: {text!r}")
+    return value

@@ -29,7 +29,9 @@ from handlers.job_watcher import JobWatcher
 from handlers.llm.base import ModelClient
 from handlers.planner import Planner, PlannerSettings, default_models
 from handlers.policy import TenantPolicies, ToolPolicy
+from handlers.rate_limits import ModelRateLimiter, rate_limited_models
 from handlers.router import ToolRouter
+from handlers.slots import FairSlots
 from handlers.tool_executor import ToolExecutor
 from handlers.tools.base import ToolRegistry, builtin_registry
 from handlers.tools.human import AskHumanTool
@@ -37,6 +39,7 @@ from handlers.tools.mail import SendEmailTool, SmtpSettings
 from handlers.tools.sandbox import sandbox_tools
 from projections.blobs import BlobStore
 from projections.builtin import builtin_projections
+from projections.control import ControlState, ControlTail
 from projections.idempotency import IdempotencyLedger, open_ledger
 from projections.projector import Projection, Projector
 from projections.recall import EpisodicRecall
@@ -58,6 +61,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TERMINAL_TYPES = frozenset({"RunCompleted", "RunFailed", "RunAborted", "RunCancelled"})
+CONTROL_POLL_S = 0.2
+"""How often the control topic is read: a kill switch or a rate limit applies within it."""
 
 
 @dataclass
@@ -153,7 +158,6 @@ class AgentRuntime:
         self.approval_scan_s = approval_scan_s
         self.admission_scan_s = admission_scan_s
         self.planner_settings = planner or PlannerSettings()
-        self.models = models
         check_membership(member, members)
         self.member = member
         self.members = members
@@ -164,6 +168,13 @@ class AgentRuntime:
         self.member_log: EventLog = self.log if members == 1 else MemberLog(self.log, member, members)
         self.registry: SchemaRegistry = open_registry(settings.registry_url)
         self.codec = EventCodec(self.registry)
+        # Operators' kill switches and rate limits, followed from the control topic.
+        self.control = ControlState()
+        self.control_tail = ControlTail(self.log, self.codec, settings.topics, self.control)
+        self.rate_limits = ModelRateLimiter(self.control)
+        self.models = rate_limited_models(self.rate_limits, None if models is default_models else models)
+        self.model_slots = FairSlots(settings.model_slots, self._weight)
+        self.tool_slots = FairSlots(settings.tool_slots, self._weight)
         self.store: ProjectionStore = open_store(settings.store_url or f"sqlite://{settings.home}/views.db")
         # One view cache for every handler, the watcher and the interventions of this process.
         self.views = RunViews(self.log, self.codec, settings.topics, store=self.store)
@@ -232,12 +243,18 @@ class AgentRuntime:
     async def start(self) -> None:
         for spec in self.settings.topics.specs():
             await self.log.create_topic(spec)
+        await self.control_tail.catch_up()
         self.planner = Planner(
-            self.views, self.tools, self.planner_settings, self.models, recall=EpisodicRecall(self.store)
+            self.views,
+            self.tools,
+            self.planner_settings,
+            self.models,
+            recall=EpisodicRecall(self.store),
+            model_slots=self.model_slots,
         )
         self.handlers = [
             self.planner,
-            ToolRouter(self.views, self.tools, self.policies),
+            ToolRouter(self.views, self.tools, self.policies, self.control),
             ToolExecutor(
                 self.tools,
                 self.ledger,
@@ -248,6 +265,8 @@ class AgentRuntime:
                 views=self.views,
                 # The local launcher has no egress control: its jobs get no network at all.
                 job_egress=self._launcher_kind != "local",
+                slots=self.tool_slots,
+                control=self.control,
             ),
             Evaluator(self.views),
             *self.memory_handlers,
@@ -292,6 +311,7 @@ class AgentRuntime:
             # but is still an event on the log.
             self._tasks.append(asyncio.create_task(self._expire_approvals(), name="approval-timer"))
             self._tasks.append(asyncio.create_task(self._admit_queued(), name="admission-timer"))
+        self._tasks.append(asyncio.create_task(self._follow_control(), name="control"))
 
     async def _serve(self, worker: Worker) -> None:
         while not self._stop.is_set():
@@ -306,6 +326,15 @@ class AgentRuntime:
         while not self._stop.is_set():
             if not await watcher.step():
                 await asyncio.sleep(0.05)
+
+    def _weight(self, tenant: str) -> float:
+        return self.policies.for_tenant(tenant).weight
+
+    async def _follow_control(self) -> None:
+        while not self._stop.is_set():
+            if not await self.control_tail.step():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), CONTROL_POLL_S)
 
     def interventions(self, producer: str = "cli") -> Interventions:
         """Approve, deny, answer, cancel and change goals on this runtime's log."""

@@ -15,6 +15,7 @@ whatever is still wrong).
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from handlers.llm.messages import (
     ToolDefinition,
     ToolResultMessage,
 )
+from handlers.slots import FairSlots, SlottedModel
 from handlers.stuck import FailsRunWhenStuck
 from handlers.tools.base import ToolRegistry
 from handlers.working_memory import conversation, estimate_tokens, summarize
@@ -94,8 +96,11 @@ class Planner(FailsRunWhenStuck):
         settings: PlannerSettings | None = None,
         models: Callable[[str], ModelClient] = default_models,
         recall: EpisodicRecall | None = None,
+        model_slots: FairSlots | None = None,
     ) -> None:
-        """`recall`: where notes from the tenant's earlier runs come from (none if None)."""
+        """`recall`: where notes from the tenant's earlier runs come from (none if None).
+        `model_slots`: the slots each model call holds while it runs (unbounded if None)."""
+        self.model_slots = model_slots or FairSlots(sys.maxsize)
         self.views = views
         self.recall = recall
         # A run's notes are looked up at its first decision in this process and kept, so
@@ -154,6 +159,7 @@ class Planner(FailsRunWhenStuck):
             model = self._model(view)
         except ModelError as exc:  # a bad model spec or a missing local model
             return [RunFailed(meta=ctx.meta(), error=f"model unavailable: {exc}", steps=view.step)]
+        model = SlottedModel(model, self.model_slots, view.tenant_id)
         outputs: list[Event] = []
 
         messages = conversation(view)

@@ -11,7 +11,8 @@ policy is optional:
  "constraints": {"send_email": {"properties": {"to": {"pattern": "@example\\\\.org$"}}}},
  "approval_expiry_s": 3600, "on_expiry": "deny",
  "max_concurrent_runs": 10, "budget": {"max_steps": 20, "max_tokens": 200000, "max_usd": 2.0},
- "allowed_hosts": ["example.org"], "allow_private": false, "allow_loopback": false}
+ "allowed_hosts": ["example.org"], "allow_private": false, "allow_loopback": false,
+ "weight": 1}
 ```
 """
 
@@ -44,6 +45,7 @@ KEYS = frozenset(
         "on_expiry",
         "max_concurrent_runs",
         "budget",
+        "weight",
     }
 )
 BUDGET_KEYS = frozenset({"max_steps", "max_tokens", "max_usd"})
@@ -67,7 +69,8 @@ class ToolPolicy:
     unanswered request expires after `approval_expiry_s` and then the call is denied
     (`on_expiry: deny`) or the run fails (`fail`). `constraints` maps a tool to a JSON
     Schema its arguments must also match. `network` is the egress policy tool calls run
-    under (deny by default).
+    under (deny by default). `weight` is the tenant's share of the model and tool call
+    slots when tenants wait for them (weight 2 gets twice the slots of weight 1).
     """
 
     allowed_tiers: frozenset[RiskTier] = frozenset({"low", "medium"})
@@ -79,6 +82,7 @@ class ToolPolicy:
     on_expiry: OnExpiry = "deny"
     max_concurrent_runs: int | None = None
     budget: TenantBudget = field(default_factory=TenantBudget)
+    weight: float = 1.0
 
     def capped(self, budget: Budget) -> Budget:
         """The budget of a new run, lowered to the tenant's ceilings."""
@@ -144,6 +148,9 @@ class ToolPolicy:
         expiry = data.get("approval_expiry_s", 3600)
         if isinstance(expiry, bool) or not isinstance(expiry, int | float) or expiry <= 0:
             raise ValueError(f"approval_expiry_s must be a positive number of seconds: {expiry!r}")
+        weight = data.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight <= 1000:
+            raise ValueError(f"weight must be a positive number of at most 1000: {weight!r}")
         on_expiry = data.get("on_expiry", "deny")
         if on_expiry not in ("deny", "fail"):
             raise ValueError(f"on_expiry must be deny or fail: {on_expiry!r}")
@@ -161,6 +168,7 @@ class ToolPolicy:
             on_expiry=cast(OnExpiry, on_expiry),
             max_concurrent_runs=_count(data, "max_concurrent_runs"),
             budget=_budget(data.get("budget", {})),
+            weight=float(weight),
         )
 
 

@@ -33,6 +33,7 @@ from handlers.policy import TenantPolicies, ToolPolicy
 from handlers.stuck import FailsRunWhenStuck
 from handlers.tools.base import ToolRegistry, canonical_json, idempotency_key
 from handlers.tools.human import ASK_HUMAN
+from projections.control import ControlState, disabled_message
 from projections.run_view import CallView, RunView, RunViews
 from streams.envelope import now
 from streams.events import (
@@ -82,10 +83,13 @@ class ToolRouter(FailsRunWhenStuck):
         views: RunViews,
         registry: ToolRegistry,
         policy: ToolPolicy | TenantPolicies | None = None,
+        control: ControlState | None = None,
     ) -> None:
+        """`control`: operators' tool kill switches (none if None)."""
         self.views = views
         self.registry = registry
         self.policies = TenantPolicies.of(policy)
+        self.control = control or ControlState()
 
     async def handle(self, event: Event, ctx: HandlerContext) -> Sequence[Event]:
         view = await self.views.for_handler(event, ctx)
@@ -134,6 +138,8 @@ class ToolRouter(FailsRunWhenStuck):
         if event.tool not in self.registry:
             known = ", ".join(sorted(t.spec.name for t in self.registry))
             return reject("unknown_tool", f"no tool named {event.tool!r}; available: {known}")
+        if switch := self.control.disabled(event.tool):
+            return reject("tool_disabled", disabled_message(switch))
         if view.tools and event.tool not in view.tools:
             return reject("not_allowed", f"this run may only use: {', '.join(view.tools)}")
         errors = self.registry.validate(event.tool, args)

@@ -13,16 +13,19 @@ import asyncio
 import dataclasses
 import json
 import random
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from handlers.observations import MAX_OBSERVATION_CHARS, bounded
 from handlers.policy import TenantPolicies, ToolPolicy
+from handlers.slots import FairSlots
 from handlers.stuck import FailsRunWhenStuck
 from handlers.tools.base import ToolContext, ToolError, ToolRegistry, ToolResult
 from handlers.tools.sandbox import SandboxTool
 from projections.blobs import BlobStore
+from projections.control import ControlState, disabled_message
 from projections.idempotency import IdempotencyLedger
 from projections.run_view import RunViews
 from sandbox_jobs.base import LaunchError, SandboxLauncher
@@ -68,12 +71,16 @@ class ToolExecutor(FailsRunWhenStuck):
         launcher_kind: str = "local",
         views: RunViews | None = None,
         job_egress: bool = True,
+        slots: FairSlots | None = None,
+        control: ControlState | None = None,
     ) -> None:
         """``launcher`` runs sandboxed tools (without one they fail with a clear error);
         ``launcher_kind`` is its URL scheme, recorded on SandboxJobLaunched; ``views``, when
         given, lets a redelivered dispatch of an already observed call launch nothing.
         ``job_egress``: the launcher enforces an egress allowlist, so jobs get the policy's
-        hosts; without it jobs get no network at all."""
+        hosts; without it jobs get no network at all. ``slots``: the tool call slots a call
+        holds while it runs (sandboxed jobs hold none); ``control``: operators' tool kill
+        switches, checked again here for calls dispatched before a tool was disabled."""
         self.registry = registry
         self.ledger = ledger
         self.blobs = blobs
@@ -83,6 +90,8 @@ class ToolExecutor(FailsRunWhenStuck):
         self.launcher_kind = launcher_kind
         self.views = views
         self.job_egress = job_egress
+        self.slots = slots or FairSlots(sys.maxsize)
+        self.control = control or ControlState()
 
     def _tool_context(self, event: ToolCallDispatched) -> ToolContext:
         return ToolContext(
@@ -154,7 +163,10 @@ class ToolExecutor(FailsRunWhenStuck):
     async def handle(self, event: Event, ctx: HandlerContext) -> Sequence[Event]:
         assert isinstance(event, ToolCallDispatched)
         started = time.monotonic()
+        switch = self.control.disabled(event.tool)
         if event.tool in self.registry and isinstance(tool := self.registry.get(event.tool), SandboxTool):
+            if switch:
+                return self._observed(event, ctx, ToolResult.failure(disabled_message(switch)), 0)
             return await self._launch(event, tool, ctx)
         if event.tool not in self.registry:
             result = ToolResult.failure(f"no tool named {event.tool!r} in this worker")
@@ -169,8 +181,12 @@ class ToolExecutor(FailsRunWhenStuck):
                     " it is not repeated because the tool is not idempotent"
                 )
                 await self.ledger.complete(event.idempotency_key, _result_json(result))
+            elif switch:  # dispatched before the tool was disabled: it does not run
+                result = ToolResult.failure(disabled_message(switch))
+                await self.ledger.complete(event.idempotency_key, _result_json(result))
             else:
-                result = await self._execute(event)
+                async with self.slots.slot(event.meta.tenant_id):
+                    result = await self._execute(event)
                 await self.ledger.complete(event.idempotency_key, _result_json(result))
         return self._observed(event, ctx, result, int((time.monotonic() - started) * 1000))
 

@@ -254,6 +254,22 @@ class PlanProposed(Event):
     """Event ids of earlier runs recalled into this step's prompt (episodic recall), as cited there."""
 
 
+class RateLimitSet(Event):
+    """An operator set the rate limit of a model provider or model spec (control topic)."""
+
+    type_name: ClassVar[str] = "RateLimitSet"
+    fullname: ClassVar[str] = "agentstream.events.RateLimitSet"
+
+    provider: str
+    """A provider ('openai') or a model spec ('openai:gpt-4o-mini'); the record key."""
+    requests_per_minute: int | None = None
+    """Model calls per minute (null: no limit), enforced by each worker process."""
+    tokens_per_minute: int | None = None
+    """Input plus output tokens per minute (null: no limit)."""
+    by: str
+    """Who set it."""
+
+
 class RunAborted(Event):
     """The run was stopped by a limit: a budget or a stop rule."""
 
@@ -494,6 +510,22 @@ class ToolCallRequested(Event):
     """Arguments exactly as the model produced them (JSON text, possibly malformed)."""
 
 
+class ToolSwitched(Event):
+    """An operator turned a tool off or back on for every tenant (control topic, key: tool)."""
+
+    type_name: ClassVar[str] = "ToolSwitched"
+    fullname: ClassVar[str] = "agentstream.events.ToolSwitched"
+
+    tool: str
+    """The tool's name."""
+    enabled: bool
+    """False: calls of the tool are rejected ('tool_disabled') and not run; true: allowed again."""
+    reason: str | None = None
+    """Why, shown to the model in the rejection."""
+    by: str
+    """Who switched it."""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type_name: cls
     for cls in (
@@ -507,6 +539,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         MemoryWritten,
         ObservationRecorded,
         PlanProposed,
+        RateLimitSet,
         RunAborted,
         RunAdmitted,
         RunCancelled,
@@ -523,6 +556,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ToolCallDispatched,
         ToolCallRejected,
         ToolCallRequested,
+        ToolSwitched,
     )
 }
 """Every event type of the catalogue, by short type name."""

@@ -14,6 +14,8 @@ class Topics:
     - `events`: every event of every run, keyed by run id (a run lives in one partition).
     - `tasks`: where upstream systems publish `TaskSubmitted` without knowing our internals.
     - `dlq`: records no handler could process, with the reason in their headers.
+    - `control`: operator settings every process applies (tool kill switches, model rate
+      limits); one partition, read whole by every process, never by a consumer group.
     """
 
     prefix: str = "agentstream"
@@ -31,9 +33,14 @@ class Topics:
     def dlq(self) -> str:
         return f"{self.prefix}.dlq"
 
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}.control"
+
     def specs(self) -> list[TopicSpec]:
         return [
             TopicSpec(self.events, self.partitions),
             TopicSpec(self.tasks, self.partitions),
             TopicSpec(self.dlq, 1),
+            TopicSpec(self.control, 1),
         ]
