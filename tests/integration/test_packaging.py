@@ -1,7 +1,8 @@
 """The package as a user installs it: the built wheel, in empty virtualenvs, one per extra.
 
 The wheel is built once and its dependencies, pinned by constraints.txt, are fetched once
-into a wheelhouse. Then ``agentstream`` alone and ``agentstream[<extra>]`` for each extra
+into a wheelhouse (kept in $AGENTSTREAM_CACHE/wheels/packaging-test, so a warm run needs no
+download). Then ``agentstream`` alone and ``agentstream[<extra>]`` for each extra
 are installed, from that wheelhouse only, each into its own empty virtualenv (in parallel).
 In each one: ``agentstream --help``, ``agentstream schemas check``, ``pip check``, and an
 import of every module of the package, where a module may fail only for want of another
@@ -118,6 +119,14 @@ class Install:
     requires: list[str] = field(default_factory=list)
 
 
+def wheelhouse_dir() -> Path:
+    """Wheels of the pinned dependencies, kept between runs (pip's HTTP cache may not be)."""
+    cache = Path(os.environ.get("AGENTSTREAM_CACHE") or Path.home() / ".cache" / "agentstream")
+    path = cache / "wheels" / "packaging-test"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def clean_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     env["AGENTSTREAM_HOME"] = str(home)
@@ -129,7 +138,9 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedP
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False)
 
 
-def install_and_check(extra: str | None, wheelhouse: Path, where: Path, names: set[str]) -> Install:
+def install_and_check(
+    extra: str | None, wheel: Path, wheelhouse: Path, where: Path, names: set[str]
+) -> Install:
     result = Install(extra)
     where.mkdir()
     env = clean_env(where / "home")
@@ -143,7 +154,7 @@ def install_and_check(extra: str | None, wheelhouse: Path, where: Path, names: s
             [
                 *(sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-compile"),
                 *("--no-index", "--find-links", str(wheelhouse)),
-                f"agentstream[{extra}]" if extra else "agentstream",
+                f"{wheel}[{extra}]" if extra else str(wheel),
             ],
         ),
         ("pip check", [sys.executable, "-m", "pip", "--python", str(python), "check"]),
@@ -172,25 +183,30 @@ def installs(tmp_path_factory: pytest.TempPathFactory) -> dict[str | None, Insta
     base = tmp_path_factory.mktemp("packaging")
     env = clean_env(base / "home")
     dist = base / "dist"
-    built = run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(ROOT)], base, env)
+    built = run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(ROOT)], base, env
+    )
     assert built.returncode == 0, f"building the wheel failed:\n{built.stdout}\n{built.stderr}"
     (wheel,) = dist.glob("agentstream-*.whl")
-    wheelhouse = base / "wheelhouse"
+    wheelhouse = wheelhouse_dir()
     extras = sorted(EXTRA_MODULES)
-    fetched = run(
-        [
-            *(sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheelhouse)),
-            *("-c", str(ROOT / "constraints.txt")),
-            f"{wheel}[{','.join(extras)}]",
-        ],
-        base,
-        env,
-    )
+    fetch = [
+        *(sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheelhouse), "--find-links", str(wheelhouse)),
+        *("-c", str(ROOT / "constraints.txt"), f"{wheel}[{','.join(extras)}]"),
+    ]
+    # From the wheels cached by an earlier run if they are all there, else from the index.
+    fetched = run([*fetch, "--no-index"], base, env)
+    if fetched.returncode != 0:
+        fetched = run(fetch, base, env)
     assert fetched.returncode == 0, f"fetching the dependencies failed:\n{fetched.stdout}\n{fetched.stderr}"
+    for stale in wheelhouse.glob("agentstream-*.whl"):  # only the wheel just built is installed
+        stale.unlink()
     names = third_party_imports()
     todo: list[str | None] = [None, *extras]
     with ThreadPoolExecutor(max_workers=3) as pool:
-        done = list(pool.map(lambda e: install_and_check(e, wheelhouse, base / (e or "base"), names), todo))
+        done = list(
+            pool.map(lambda e: install_and_check(e, wheel, wheelhouse, base / (e or "base"), names), todo)
+        )
     return {install.extra: install for install in done}
 
 
@@ -232,5 +248,8 @@ def test_wheel_installs_and_runs(installs: dict[str | None, Install], extra: str
             if providers is None:
                 problems.append(f"{name} is imported by agentstream but not installed")
             elif not {canonicalize_name(str(p)) for p in providers} & direct:
-                problems.append(f"{name} is imported but comes only through another package ({providers})")
+                problems.append(
+                    f"{name} is imported, but its distribution ({', '.join(map(str, providers))}) is not"
+                    " declared for this install: it only arrives through another package"
+                )
     assert not problems, "\n".join(problems)
