@@ -8,7 +8,7 @@ and a tenant with 10 gets its 10 through promptly.
 
 The waiters are the calling coroutines themselves: one future each, in one deque per
 tenant that has waiters, dropped as soon as it is empty. Nothing else grows with the
-backlog. docs/design/001-fair-share.md says why deficit round robin.
+backlog. docs/design/004-fair-share.md says why deficit round robin.
 """
 
 from __future__ import annotations
