@@ -209,6 +209,11 @@ class Worker:
         self._failure: BaseException | None = None
 
     @property
+    def unflushed(self) -> int:
+        """Emitted events kept for later records of their run until the log shows them."""
+        return sum(len(events) for events in self._unflushed.values())
+
+    @property
     def in_flight(self) -> int:
         """Records read and not yet committed."""
         return sum(len(state.open) for state in self._partitions.values())
@@ -333,7 +338,8 @@ class Worker:
         try:
             while chain:
                 record = chain[0]
-                emitted = self._unflushed.setdefault(key, [])
+                # An unordered handler's records are independent: nothing to pass along.
+                emitted = self._unflushed.setdefault(key, []) if self.handler.ordered else []
                 before = len(emitted)
                 state = self._partitions[record.position]
                 through = state.position if state.position >= state.end_at_start else None

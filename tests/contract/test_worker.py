@@ -73,6 +73,7 @@ async def test_each_event_is_handled_once_and_outputs_are_linked(backend: Backen
     worker = _worker(backend, log, codec)
     await worker.start()
     await _drain(worker)
+    assert worker.unflushed == 0, "every output was read back, so none is kept"
     await worker.stop()
 
     outputs = await _outputs(log, codec, backend.topics.events)
