@@ -177,9 +177,13 @@ class Worker:
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_in_flight: int = 10_000,
+        offset_commit_interval_s: float = 0.5,
+        offset_commit_batch: int = 200,
     ) -> None:
         """`max_in_flight`: how many read records may be open at once (queued behind their
-        run, being handled or waiting for their commit); reading pauses at the limit."""
+        run, being handled or waiting for their commit); reading pauses at the limit.
+        Records handled without outputs commit within `offset_commit_interval_s`, or once
+        `offset_commit_batch` of them wait; records with outputs commit at once."""
         self.log = log_
         self.codec = codec
         self.handler = handler
@@ -191,6 +195,8 @@ class Worker:
         self.poll_timeout_s = poll_timeout_s
         self.retry = retry or RetryPolicy()
         self.max_in_flight = max_in_flight
+        self.offset_commit_interval_s = offset_commit_interval_s
+        self.offset_commit_batch = offset_commit_batch
         self._reads_own_outputs = self.topics.events in self.input_topics
         self.stats = WorkerStats()
         self._sleep = sleep
@@ -204,6 +210,8 @@ class Worker:
         # same run must see them (`HandlerContext.uncommitted`) though the log does not yet.
         self._unflushed: dict[object, list[Event]] = {}
         self._ready: list[_Done] = []
+        self._has_outputs = False
+        self._last_commit = 0.0
         self._wake = asyncio.Event()
         self._poll: asyncio.Future[list[LogRecord]] | None = None
         self._failure: BaseException | None = None
@@ -252,14 +260,15 @@ class Worker:
             raise failure
         if self._poll is None and self.in_flight < self.max_in_flight:
             self._poll = asyncio.ensure_future(consumer.poll(self.batch_size, self.poll_timeout_s))
-        if not self._ready:
+        wait_s = self._commit_due_in()
+        if wait_s > 0:
             self._wake.clear()
             woken = asyncio.ensure_future(self._wake.wait())
             waiting: set[asyncio.Future[Any]] = {woken}
             if self._poll is not None:
                 waiting.add(self._poll)
             try:
-                await asyncio.wait(waiting, timeout=self.poll_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waiting, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 woken.cancel()
         progressed = 0
@@ -274,7 +283,7 @@ class Worker:
                 return len(records)
             await self._dispatch(records)
             progressed += len(records)
-        if self._ready:
+        if self._ready and self._commit_due_in() == 0:
             progressed += await self._commit_ready()
         self._pause_or_resume()
         return progressed + self.in_flight
@@ -357,11 +366,26 @@ class Worker:
 
     def _finish(self, record: LogRecord, key: object, outputs: list[OutgoingRecord], emitted: int) -> None:
         self._ready.append(_Done(record.position, record.offset, key, outputs, emitted))
-        self._wake.set()
+        if outputs:
+            self._has_outputs = True
+            self._wake.set()
+
+    def _commit_due_in(self) -> float:
+        """How long the finished records may wait for their commit: none when one has
+        outputs (a run is waiting for them); records that only moved the group on (events
+        the handler does not consume, mostly) are gathered into fewer commits."""
+        if not self._ready:
+            return self.poll_timeout_s
+        if self._has_outputs or len(self._ready) >= self.offset_commit_batch:
+            return 0.0
+        due = self._last_commit + self.offset_commit_interval_s - asyncio.get_running_loop().time()
+        return max(0.0, min(due, self.poll_timeout_s))
 
     async def _commit_ready(self) -> int:
         assert self._consumer is not None
         ready, self._ready = self._ready, []
+        self._has_outputs = False
+        self._last_commit = asyncio.get_running_loop().time()
         outputs = [out for done in ready for out in done.outputs]
         touched: set[TopicPartition] = set()
         for done in ready:
@@ -440,6 +464,7 @@ class Worker:
         self._chains.clear()
         self._unflushed.clear()
         self._ready.clear()
+        self._has_outputs = False
         self._partitions.clear()
 
     async def _process(
