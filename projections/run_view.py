@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -373,6 +374,7 @@ class RunViews:
         self.store = store
         self.history_wait_s = history_wait_s
         self._tail_starts: dict[int, int] = {}
+        self._end_reads: dict[int, float] = {}  # partition -> when the last read to the end began
         self._cache: OrderedDict[str, list[Event]] = OrderedDict()
         self._tails: dict[int, int] = {}  # partition -> the next offset its tail reads
         self._locks: dict[int, asyncio.Lock] = {}
@@ -387,8 +389,11 @@ class RunViews:
     async def _catch_up(self, partition: int, through: int | None) -> None:
         """Read the partition's new records into the cached runs, up to `through` (the log's
         end when None)."""
+        asked = time.monotonic()
         lock = self._locks.setdefault(partition, asyncio.Lock())
         async with lock:
+            if through is None and self._end_reads.get(partition, -1.0) >= asked:
+                return  # a read to the end began after this call: it is fresh enough
             if partition not in self._tails:
                 start = 0
                 if self.store is not None:
@@ -398,6 +403,8 @@ class RunViews:
             if through is not None and tail >= through:
                 return
             topic = self.topics.events
+            if through is None:
+                self._end_reads[partition] = time.monotonic()
             end = through if through is not None else await self.log.end_offset(topic, partition)
             while tail < end:
                 batch = await self.log.read(topic, partition, tail, 5000)

@@ -81,7 +81,7 @@ class KafkaEventLog(EventLog):
                 enable_auto_commit=False,
                 isolation_level="read_committed",
                 auto_offset_reset="earliest",
-                fetch_max_wait_ms=20,
+                fetch_max_wait_ms=5,
             )
             try:
                 await reader.start()
@@ -215,17 +215,13 @@ class KafkaEventLog(EventLog):
         reader.seek(tp, offset)
         out: list[LogRecord] = []
         deadline = time.monotonic() + 30
-        empty = 0
+        # Transaction markers take offsets but are never returned; the position moves past
+        # them once their batch is fetched, so wait in short steps until it reaches the end
+        # (a read that ends on a marker costs one short broker wait, not a long poll).
         while len(out) < limit and time.monotonic() < deadline:
-            batch = await reader.getmany(tp, timeout_ms=100, max_records=limit - len(out))
-            messages = batch.get(tp, [])
-            out.extend(_to_record(msg) for msg in messages)
+            batch = await reader.getmany(tp, timeout_ms=5, max_records=limit - len(out))
+            out.extend(_to_record(msg) for msg in batch.get(tp, []))
             if await reader.position(tp) >= end:
-                break
-            # Transaction markers take offsets but are never returned, so the position can
-            # stop short of the end offset: an empty fetch after data means we are done.
-            empty = 0 if messages else empty + 1
-            if empty and (out or empty >= 3):
                 break
         return out[:limit]
 
