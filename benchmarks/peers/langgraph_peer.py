@@ -139,11 +139,13 @@ def openai_chat_node(
     """An agent node that asks `POST {base_url}/chat/completions` for the next message;
     the model is the run's `configurable["model"]`."""
 
-    async def agent(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-        from langchain_core.messages import AIMessage
+    from langchain_core.messages import AIMessage
+    from langchain_core.runnables import RunnableConfig
+
+    async def agent(state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
 
         body = {
-            "model": config["configurable"]["model"],
+            "model": (config.get("configurable") or {})["model"],
             "messages": wire_messages(state["messages"]),
             "tools": list(tool_schemas),
         }
@@ -156,4 +158,7 @@ def openai_chat_node(
         ]
         return {"messages": [AIMessage(content=message.get("content") or "", tool_calls=calls)]}
 
+    # LangGraph passes the run's config to a node whose `config` parameter is annotated
+    # RunnableConfig; it reads the annotation itself, not a string of it.
+    agent.__annotations__["config"] = RunnableConfig
     return agent
