@@ -834,8 +834,9 @@ async def step_overhead(args: argparse.Namespace) -> list[Row]:
 # --------------------------------------------------------------------------- report
 
 
-def machine_line() -> str:
+def machine_line(load_at_start: Sequence[float] | None = None) -> str:
     m = machine()
+    start = f"{[round(x, 2) for x in load_at_start]} at start, " if load_at_start else ""
     ram = "?"
     with contextlib.suppress(OSError, ValueError, IndexError):
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -845,7 +846,7 @@ def machine_line() -> str:
     dirty = " (+ local changes)" if src["modified_tracked_files"] else ""
     return (
         f"**Machine:** {m['nproc']} CPUs ({m['cpu_model']}), {ram} RAM, Python {platform.python_version()}, "
-        f"load average {m['loadavg']}; agentstream at {src['commit']}{dirty}."
+        f"load average {start}{m['loadavg']} at end; agentstream at {src['commit']}{dirty}."
     )
 
 
@@ -859,8 +860,8 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def markdown(rows: Sequence[Row]) -> str:
-    lines = [machine_line()]
+def markdown(rows: Sequence[Row], load_at_start: Sequence[float] | None = None) -> str:
+    lines = [machine_line(load_at_start)]
     by_workload: dict[str, list[Row]] = defaultdict(list)
     for row in rows:
         by_workload[row.workload].append(row)
@@ -989,6 +990,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             latency[name] = float(seconds)
         serve_model(args.host, args.port, latency, args.default_latency, args.lifetime)
         return
+    load_at_start = os.getloadavg()
     rows = asyncio.run(measure(args))
     if args.json:
         report = {
@@ -1000,7 +1002,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "rows": [row.__dict__ for row in rows],
         }
         args.json.write_text(json.dumps(report, indent=1, default=str))
-    print(markdown(rows))
+    print(markdown(rows, load_at_start))
 
 
 if __name__ == "__main__":
