@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -67,7 +68,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -652,10 +653,6 @@ def expected_events(tool_steps: int) -> dict[str, int]:
     }
 
 
-def _seconds(values: Sequence[float], q: float) -> float | None:
-    return percentile(values, q)
-
-
 @dataclass
 class Row:
     """One measurement: what was measured, on which system and backend, and the results."""
@@ -666,11 +663,15 @@ class Row:
     values: dict[str, Any]
 
 
-def _systems(args: argparse.Namespace, server: ModelServerProcess, default_model: str) -> Iterator[Any]:
+SystemFactory = Callable[[str], Any]
+"""Builds a system under test for a model server's base URL."""
+
+
+def _systems(args: argparse.Namespace, default_model: str) -> Iterator[SystemFactory]:
     if "agentstream" in args.systems:
         for spec in args.logs:
-            yield AgentstreamSystem(
-                spec, args.registry, server.base_url, args.workdir, default_model=default_model
+            yield functools.partial(
+                AgentstreamSystem, spec, args.registry, workdir=args.workdir, default_model=default_model
             )
     if "langgraph" in args.systems:
         if langgraph_peer.versions() is None:
@@ -680,14 +681,33 @@ def _systems(args: argparse.Namespace, server: ModelServerProcess, default_model
             )
             return
         for durability in args.langgraph_durability:
-            yield LangGraphSystem(durability, server.base_url, args.workdir)
+            yield functools.partial(LangGraphSystem, durability, workdir=args.workdir)
+
+
+@contextlib.contextmanager
+def each_system(
+    args: argparse.Namespace, default_model: str, latency: Mapping[str, float]
+) -> Iterator[Iterator[tuple[Any, ModelServerProcess]]]:
+    """Each system to measure with a model server of its own (so the server's counts,
+    peak concurrency included, are that system's alone)."""
+
+    def systems() -> Iterator[tuple[Any, ModelServerProcess]]:
+        for make in _systems(args, default_model):
+            with ModelServerProcess(latency, args.time_limit * 4 + 600) as server:
+                yield make(server.base_url), server
+
+    running = systems()
+    try:
+        yield running
+    finally:
+        running.close()  # stops the model server of a system left early
 
 
 async def slow_neighbour(args: argparse.Namespace) -> list[Row]:
     rows = []
     latency = {"slow": args.slow_latency, "fast": 0.0}
-    with ModelServerProcess(latency, args.time_limit * 4 + 600) as server:
-        for system in _systems(args, server, "fast"):
+    with each_system(args, "fast", latency) as systems:
+        for system, server in systems:
             print(f"slow-neighbour: {system.label} {system.backend}", file=sys.stderr)
             await system.start()
             try:
@@ -706,14 +726,15 @@ async def slow_neighbour(args: argparse.Namespace) -> list[Row]:
             before = sum(1 for q in done if slow_end is None or outcomes[q.tag].ended_at < slow_end)
             values = {
                 "quick runs completed": f"{len(done)}/{len(quick)}",
-                "quick p50 s": _seconds(times, 50),
-                "quick p95 s": _seconds(times, 95),
-                "quick p99 s": _seconds(times, 99),
+                "quick p50 s": percentile(times, 50),
+                "quick p95 s": percentile(times, 95),
+                "quick p99 s": percentile(times, 99),
                 "quick max s": max(times, default=None),
                 "slow run s": None if slow_end is None else slow_end - slow_at,
                 "slow run ok": completed(system, slow),
                 "quick done before slow": f"{before}/{len(quick)}",
                 "not ended at time limit": pending,
+                "model calls in flight, peak": server.stats()["peak_in_flight"],
             }
             rows.append(Row("slow-neighbour", system.label, system.backend, values))
             print(f"  {values}", file=sys.stderr)
@@ -722,8 +743,8 @@ async def slow_neighbour(args: argparse.Namespace) -> list[Row]:
 
 async def many_runs(args: argparse.Namespace) -> list[Row]:
     rows = []
-    with ModelServerProcess({"second": args.model_latency}, args.time_limit * 4 + 600) as server:
-        for system in _systems(args, server, "second"):
+    with each_system(args, "second", {"second": args.model_latency}) as systems:
+        for system, server in systems:
             print(f"many-runs: {system.label} {system.backend}, {args.runs} runs", file=sys.stderr)
             await system.start()
             runs = [RunSpec("second", args.tool_steps) for _ in range(args.runs)]
@@ -740,7 +761,8 @@ async def many_runs(args: argparse.Namespace) -> list[Row]:
             wall = (max(ended) - began) if not pending and ended else args.time_limit
             ok = sum(1 for r in runs if completed(system, r))
             statuses = Counter(outcomes[r.tag].status for r in runs if r.tag in outcomes)
-            calls = server.stats()["calls"]
+            stats = server.stats()
+            calls = stats["calls"]
             model_calls = [len(calls.get(r.tag, [])) for r in runs]
             problems = []
             if ok != len(runs):
@@ -757,6 +779,7 @@ async def many_runs(args: argparse.Namespace) -> list[Row]:
                 "wall s": wall,
                 "runs/s": ok / wall if wall else None,
                 "model calls/s": sum(model_calls) / wall if wall else None,
+                "model calls in flight, peak": stats["peak_in_flight"],
                 "RSS MB start": rss.start_mb,
                 "RSS MB peak": rss.peak_mb,
             }
