@@ -41,6 +41,12 @@ Workloads:
     process (skipped with a note when `serve` has no such option); `--serve` does that
     with the plain `agentstream serve`.
 
+Each system gets a model server of its own, which also reports the peak of model calls
+in flight (how many calls the system had outstanding at once). Systems of one invocation
+share this process: RSS start and peak of a later one include what an earlier one left;
+pass one --system per invocation for absolute figures. Many runs in flight hold as many
+connections open: raise `ulimit -n` above --runs (plus a few hundred) when needed.
+
 Every wait is bounded by --time-limit; a run not terminal by then counts as not done.
 The output ends with markdown rows for docs/benchmarks.md (machine line first); --json
 FILE writes everything measured.
