@@ -74,7 +74,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -697,7 +697,7 @@ def each_system(
     """Each system to measure with a model server of its own (so the server's counts,
     peak concurrency included, are that system's alone)."""
 
-    def systems() -> Iterator[tuple[Any, ModelServerProcess]]:
+    def systems() -> Generator[tuple[Any, ModelServerProcess]]:
         for make in _systems(args, default_model):
             with ModelServerProcess(latency, args.time_limit * 4 + 600) as server:
                 yield make(server.base_url), server
