@@ -2,7 +2,8 @@
 
 Optional benchmark dependencies (NOT project dependencies), versions this was run with:
 
-    pip install langgraph==1.2.24 langgraph-checkpoint-sqlite==3.1.2 pyinstrument==5.1.3
+    pip install -e '.[bench]'   # langgraph, langgraph-checkpoint-sqlite (pinned)
+    pip install pyinstrument==5.1.3
     # pulled in: langgraph-checkpoint==4.3.2 langchain-core==1.8.3 aiosqlite==0.22.1
 
 Without langgraph the LangGraph rows are skipped with a message; without pyinstrument
@@ -81,8 +82,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a script: the repository root holds benchmarks.peers
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from agentstream.config import Settings
 from agentstream.runtime import TERMINAL_TYPES, AgentRuntime, Task
+from benchmarks.peers.langgraph_peer import INSTALL_HINT, LangGraphAgent
+from benchmarks.peers.langgraph_peer import versions as langgraph_versions
 from handlers.llm.base import ModelClient
 from handlers.llm.messages import ModelRequest, ModelResponse, ToolCall, ToolResultMessage, UserMessage
 from handlers.planner import PlannerSettings
@@ -659,29 +665,8 @@ async def measure_agentstream(
 # --------------------------------------------------------------------------- LangGraph
 
 
-def langgraph_versions() -> dict[str, str] | None:
-    try:
-        from importlib.metadata import version
-
-        import langgraph.checkpoint.sqlite.aio
-        import langgraph.graph
-        import langgraph.prebuilt  # noqa: F401
-    except ImportError:
-        return None
-    return {
-        p: version(p)
-        for p in (
-            "langgraph",
-            "langgraph-checkpoint",
-            "langgraph-checkpoint-sqlite",
-            "langchain-core",
-            "aiosqlite",
-        )
-    }
-
-
 class LangGraphBench:
-    """The same workload as a LangGraph agent with an AsyncSqliteSaver checkpointer."""
+    """The same workload on the LangGraph peer (benchmarks/peers/langgraph_peer.py)."""
 
     def __init__(self, durability: str, tool_steps: int, workdir: Path) -> None:
         self.durability = durability
@@ -689,19 +674,15 @@ class LangGraphBench:
         self.home = Path(tempfile.mkdtemp(prefix="agentloop-lg-", dir=workdir))
         self.clock = Clock()
         self._counter = 0
-        self._stack = contextlib.AsyncExitStack()
         self.synchronous: int | None = None
 
     async def start(self) -> None:
         from langchain_core.messages import AIMessage, ToolMessage
         from langchain_core.tools import tool
-        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-        from langgraph.graph import START, MessagesState, StateGraph
-        from langgraph.prebuilt import ToolNode, tools_condition
 
         clock = self.clock
 
-        async def agent(state: MessagesState) -> dict[str, Any]:
+        async def agent(state: dict[str, Any]) -> dict[str, Any]:
             now = time.perf_counter()
             messages = state["messages"]
             goal = str(messages[0].content)
@@ -716,29 +697,16 @@ class LangGraphBench:
             """Does nothing and returns at once."""
             return {"ok": True}
 
-        builder = StateGraph(MessagesState)
-        builder.add_node("agent", agent)
-        builder.add_node("tools", ToolNode([noop]))
-        builder.add_edge(START, "agent")
-        builder.add_conditional_edges("agent", tools_condition)
-        builder.add_edge("tools", "agent")
-        saver = await self._stack.enter_async_context(
-            AsyncSqliteSaver.from_conn_string(str(self.home / "checkpoints.db"))
-        )
-        await saver.setup()
-        async with saver.conn.execute("PRAGMA synchronous") as cursor:
-            row = await cursor.fetchone()
-            self.synchronous = int(row[0]) if row else None
-        self.graph = builder.compile(checkpointer=saver)
+        self.agent = LangGraphAgent(agent, [noop], self.home / "checkpoints.db", self.durability)
+        await self.agent.start()
+        self.synchronous = self.agent.synchronous
         await self.wave(1)
 
     async def stop(self) -> None:
-        await self._stack.aclose()
+        await self.agent.stop()
         shutil.rmtree(self.home, ignore_errors=True)
 
     async def wave(self, n: int) -> Measurement:
-        from langchain_core.messages import HumanMessage
-
         goals = []
         for _ in range(n):
             self._counter += 1
@@ -747,12 +715,9 @@ class LangGraphBench:
         outcome: dict[str, str] = {}
 
         async def one(goal: str) -> None:
-            config = {"configurable": {"thread_id": str(uuid.uuid4())}, "recursion_limit": 100}
             try:
-                state = await self.graph.ainvoke(  # type: ignore[call-overload]
-                    {"messages": [HumanMessage(content=goal)]}, config, durability=self.durability
-                )
-                last = state["messages"][-1]
+                messages = await self.agent.invoke(goal)
+                last = messages[-1]
                 outcome[goal] = "ok" if str(last.content).startswith("done after") else "wrong_answer"
             except Exception as exc:
                 outcome[goal] = type(exc).__name__
@@ -1036,7 +1001,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.no_langgraph and lg_versions is None:
         print(
             "LangGraph is not installed: skipping the LangGraph comparison. To include it:\n"
-            "    pip install langgraph==1.2.24 langgraph-checkpoint-sqlite==3.1.2",
+            f"    {INSTALL_HINT}",
             file=sys.stderr,
         )
     report: dict[str, Any] = {
