@@ -88,6 +88,7 @@ from agentstream.config import Settings
 from agentstream.runtime import TERMINAL_TYPES, AgentRuntime, Task
 from benchmarks.bench_agent_loop import machine, percentile, resolve_log, source_state
 from benchmarks.peers import langgraph_peer
+from handlers.intake import run_id_for
 from handlers.llm.base import ModelClient, RetryingModel
 from handlers.llm.openai import OpenAIModel
 from handlers.planner import PlannerSettings
@@ -278,7 +279,12 @@ class RunSpec:
 
     model: str
     tool_steps: int
-    tag: str = field(default_factory=lambda: str(uuid.uuid4()))
+    task_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    @property
+    def tag(self) -> str:
+        """The run's id: the one the intake derives from the task (`Task.run_id`)."""
+        return run_id_for(TENANT, None, self.task_id)
 
     @property
     def goal(self) -> str:
@@ -500,7 +506,7 @@ class AgentstreamSystem:
                 model=f"openai:{r.model}",
                 max_steps=r.tool_steps + 5,
                 tools=["calculator"],
-                run_id=r.tag,
+                task_id=r.task_id,
             )
             for r in runs
         ]
