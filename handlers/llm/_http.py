@@ -45,7 +45,12 @@ class HttpModelClient(ModelClient):
         self.model = model
         self.prices = prices if prices is not None else PriceTable()
         self._owns_client = http_client is None
-        self._http = http_client or httpx.AsyncClient(timeout=httpx.Timeout(timeout))
+        # No cap on connections here: the model slots (AGENTSTREAM_MODEL_SLOTS) bound how
+        # many calls are in flight, and httpx's default of 100 would quietly cap them lower.
+        self._http = http_client or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        )
 
     @property
     def name(self) -> str:
