@@ -466,9 +466,17 @@ class RunViews:
     async def _history(self, run_id: str, partition: int, tenant: str | None) -> list[Event]:
         """The events of a run the tail has not cached, below the tail."""
         tail = self._tails[partition]
+        start = self._tail_starts[partition]
+        known_absent = self._absence_known and run_id not in self._evicted
         if self.store is not None and tenant is not None:
             try:
-                if tail > 0:
+                # The view held everything below the tail's start when the tail began, and
+                # the tail caches every run that starts after that. A run with nothing
+                # below the start is one the tail never saw begin: it does not exist.
+                before = await self._from_view(run_id, tenant, start)
+                if not before and known_absent:
+                    return []
+                if tail > start:  # the rest of an older run: wait for the view to get there
                     position = TopicPartition(self.topics.events, partition)
                     await self.store.wait_for(
                         EpisodicProjection.name, position, tail - 1, self.history_wait_s
@@ -476,7 +484,7 @@ class RunViews:
                 return await self._from_view(run_id, tenant, tail)
             except ProjectionError:
                 pass  # no projector keeps the view (or it is not set up yet): read the log
-        elif self._tail_starts[partition] == 0 and self._absence_known and run_id not in self._evicted:
+        elif start == 0 and known_absent:
             return []  # the tail read the partition from its start and never saw this run
         events: list[Event] = []
         for record in await self.log.read_key(self.topics.events, partition, run_id.encode()):
