@@ -295,6 +295,9 @@ class AgentRuntime:
                 poll_timeout_s=0.05,
             )
         )
+        # Handlers read views (recall, run views) from their first event on: every member
+        # makes sure the views' tables exist, whichever member's projector fills them.
+        await self.projector.register()
         for worker in self.workers:
             await worker.start()
         self._tasks = [asyncio.create_task(self._serve(w), name=w.group) for w in self.workers]

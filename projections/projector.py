@@ -197,13 +197,18 @@ class Projector:
                 return projection
         raise ConfigError(f"no projection named {name!r}; there are {[p.name for p in self.projections]}")
 
-    async def start(self) -> None:
-        """Create or migrate every projection's tables and load the offsets to resume from."""
-        self._partitions = await self.log.partitions(self.topic)
+    async def register(self) -> None:
+        """Create or migrate every projection's tables (a projection whose schema changed
+        starts empty). Idempotent, and safe from any number of processes."""
         await self.store.register(FAILURES_SCHEMA)
         for projection in self.projections:
             if await self.store.register(projection.schema):
                 log.info("projection %s starts empty: it will apply the log from offset 0", projection.name)
+
+    async def start(self) -> None:
+        """Register every projection's tables and load the offsets to resume from."""
+        self._partitions = await self.log.partitions(self.topic)
+        await self.register()
         await self.reload()
 
     async def reload(self) -> None:
