@@ -339,6 +339,9 @@ class RunView:
         return len(self.pending_approvals) + len(self.questions)
 
 
+_READ_BATCH = 5000
+
+
 class RunViews:
     """Builds a run's current view from the log, at a cost that does not grow with the
     topic or with the number of runs.
@@ -402,18 +405,19 @@ class RunViews:
             tail = self._tails[partition]
             if through is not None and tail >= through:
                 return
-            topic = self.topics.events
             if through is None:
                 self._end_reads[partition] = time.monotonic()
-            end = through if through is not None else await self.log.end_offset(topic, partition)
-            while tail < end:
-                batch = await self.log.read(topic, partition, tail, 5000)
-                if not batch:
-                    break
+            # A read returns what the partition holds when it starts, up to the batch size:
+            # reading until a batch comes back short reaches the end (or `through`).
+            while through is None or tail < through:
+                batch = await self.log.read(self.topics.events, partition, tail, _READ_BATCH)
                 for record in batch:
                     await self._take(record)
-                tail = batch[-1].offset + 1
-                self._tails[partition] = tail
+                if batch:
+                    tail = batch[-1].offset + 1
+                    self._tails[partition] = tail
+                if len(batch) < _READ_BATCH:
+                    break
 
     async def _take(self, record: LogRecord) -> None:
         if record.key is None:

@@ -82,6 +82,10 @@ class KafkaEventLog(EventLog):
                 isolation_level="read_committed",
                 auto_offset_reset="earliest",
                 fetch_max_wait_ms=5,
+                # Every read re-assigns this consumer: its background fetcher must notice at
+                # once, not after its default 200 ms idle wait (or 100 ms backoff).
+                consumer_timeout_ms=5,
+                retry_backoff_ms=5,
             )
             try:
                 await reader.start()
@@ -298,6 +302,9 @@ class KafkaGroupConsumer(GroupConsumer):
             isolation_level="read_committed",
             auto_offset_reset="earliest",
             session_timeout_ms=10000,
+            # Outputs become readable when their transaction commits; a broker that parked
+            # the fetch does not always answer at once then, so it parks it briefly.
+            fetch_max_wait_ms=20,
         )
         self._producer = AIOKafkaProducer(
             bootstrap_servers=log.bootstrap,
@@ -306,6 +313,10 @@ class KafkaGroupConsumer(GroupConsumer):
             acks="all",
             enable_idempotence=True,
             linger_ms=2,
+            # A transaction begun right after the last one ended is refused until the
+            # broker has written the last one's markers (CONCURRENT_TRANSACTIONS), and
+            # retried after this backoff: the default 100 ms would add that to a step.
+            retry_backoff_ms=5,
         )
 
     async def start(self) -> None:
