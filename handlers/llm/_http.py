@@ -21,6 +21,7 @@ from handlers.llm.messages import Usage
 from handlers.llm.pricing import Cost, PriceTable
 
 _MAX_ERROR_TEXT = 500
+_CALLS_PER_POOL = 32
 
 _W = TypeVar("_W", bound=BaseModel)
 
@@ -45,12 +46,9 @@ class HttpModelClient(ModelClient):
         self.model = model
         self.prices = prices if prices is not None else PriceTable()
         self._owns_client = http_client is None
-        # No cap on connections here: the model slots (AGENTSTREAM_MODEL_SLOTS) bound how
-        # many calls are in flight, and httpx's default of 100 would quietly cap them lower.
-        self._http = http_client or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-        )
+        self._timeout = timeout
+        self._pools: list[httpx.AsyncClient] = [http_client] if http_client is not None else []
+        self._busy: list[int] = [0] * len(self._pools)
 
     @property
     def name(self) -> str:
@@ -61,10 +59,38 @@ class HttpModelClient(ModelClient):
         """Price ``usage`` for the model that answered."""
         return self.prices.cost(model or self.model, usage)
 
+    async def _post(self, url: str, body: Mapping[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
+        """POST through the connection pool with the fewest calls in flight.
+
+        Several small pools rather than one large one: httpcore walks its whole pool on
+        every request and response, so one pool serving hundreds of concurrent calls spent
+        most of a worker's CPU there. How many calls run at once is the model slots' call
+        (AGENTSTREAM_MODEL_SLOTS), not a pool limit's."""
+        index = min(range(len(self._pools)), key=self._busy.__getitem__, default=-1)
+        if index < 0 or (self._owns_client and self._busy[index] >= _CALLS_PER_POOL):
+            self._pools.append(
+                httpx.AsyncClient(
+                    timeout=httpx.Timeout(self._timeout),
+                    limits=httpx.Limits(max_connections=_CALLS_PER_POOL),
+                )
+            )
+            self._busy.append(0)
+            index = len(self._pools) - 1
+        self._busy[index] += 1
+        try:
+            return await post_json(
+                self._pools[index], url, body=body, headers=headers, provider=self.provider
+            )
+        finally:
+            self._busy[index] -= 1
+
     async def aclose(self) -> None:
-        """Close the connection pool if this client created it."""
+        """Close the connection pools this client created."""
         if self._owns_client:
-            await self._http.aclose()
+            for pool in self._pools:
+                await pool.aclose()
+            self._pools.clear()
+            self._busy.clear()
 
 
 def parse_retry_after(headers: httpx.Headers) -> float | None:

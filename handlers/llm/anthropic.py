@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from handlers.llm._http import HttpModelClient, parse_wire, post_json
+from handlers.llm._http import HttpModelClient, parse_wire
 from handlers.llm.base import ModelConfigError, ResponseFormatError
 from handlers.llm.messages import (
     AssistantMessage,
@@ -73,12 +73,10 @@ class AnthropicModel(HttpModelClient):
         }
         if self._api_key:
             headers["x-api-key"] = self._api_key
-        data = await post_json(
-            self._http,
+        data = await self._post(
             f"{self.base_url}/v1/messages",
             body=self.request_body(request),
             headers=headers,
-            provider=self.provider,
         )
         return self.parse_response(data)
 
