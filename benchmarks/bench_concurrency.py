@@ -424,12 +424,10 @@ class AgentstreamSystem:
 
     def _model(self, spec: str) -> ModelClient:
         name = spec.partition(":")[2] or spec
-        return RetryingModel(
-            OpenAIModel(name, api_key="bench", base_url=self.model_base_url, http_client=self.pool)
-        )
+        # The adapter's own connection pools, as in production.
+        return RetryingModel(OpenAIModel(name, api_key="bench", base_url=self.model_base_url, timeout=300.0))
 
     async def start(self) -> None:
-        self.pool = model_pool()
         if self.serve_processes is None:
             self.runtime = AgentRuntime(
                 self.settings,
@@ -495,7 +493,6 @@ class AgentstreamSystem:
             await self.registry.aclose()
         elif self.runtime is not None:
             await self.runtime.stop()
-        await self.pool.aclose()
         shutil.rmtree(self.home, ignore_errors=True)
 
     async def submit(self, runs: Sequence[RunSpec]) -> float:
