@@ -106,9 +106,12 @@ test-unit: deps  ## the fast suite: no services needed
 	$(PYTHON) -m pytest -m unit -q
 
 bench: deps  ## benchmarks (results go in docs/benchmarks.md by hand, with the machine)
+	$(PIP) install -q -c constraints.txt -e '.[$(EXTRAS),bench]'
 	$(PYTHON) benchmarks/bench_backbone.py codec
 	$(PYTHON) benchmarks/bench_backbone.py worker
 	$(PYTHON) benchmarks/bench_backbone.py worker --log kafka://127.0.0.1:$${KAFKA_PORT:-19092}
+	$(PYTHON) benchmarks/bench_concurrency.py slow-neighbour
+	$(PYTHON) benchmarks/bench_concurrency.py many-runs --runs 2000
 
 codegen: deps  ## regenerate streams/events.py from schemas/avro
 	$(PYTHON) -m streams.codegen
