@@ -91,6 +91,7 @@ _RESERVED_PREFIX = "projection_"
 _PENDING = "pending:"
 _REDO_CHUNK_BYTES = 1 << 20
 _CONCURRENCY = 64
+_BUSY_RETRIES = 5
 DEFAULT_MAX_BATCH_KIB = 20
 """Below Cassandra's default `batch_size_fail_threshold` (50 KiB); larger batches go
 through the redo log (see `CassandraProjectionStore._commit_large`)."""
@@ -322,6 +323,17 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, transient)
 
 
+def _never_sent(exc: BaseException) -> bool:
+    """Every host refused the request because its connections were busy (large writes
+    still in flight): nothing reached Cassandra, so sending it again is safe."""
+    from cassandra import cluster
+    from cassandra.connection import ConnectionBusy  # type: ignore[import-untyped]
+
+    if not isinstance(exc, cluster.NoHostAvailable) or not isinstance(exc.errors, dict):
+        return False
+    return bool(exc.errors) and all(isinstance(e, ConnectionBusy) for e in exc.errors.values())
+
+
 def _store_error(what: str, exc: BaseException) -> StoreError:
     return StoreError(f"{what}: {type(exc).__name__}: {exc}", retryable=_retryable(exc))
 
@@ -432,14 +444,19 @@ class CassandraProjectionStore(ProjectionStore):
         if self._inflight is None:
             self._inflight = asyncio.Semaphore(_CONCURRENCY)
         async with self._inflight:  # the driver refuses requests past a connection's limit
-            try:
-                response = session.execute_async(statement, params)
-            except Exception as exc:  # binding errors are raised here, before anything is sent
-                raise _store_error(what or "executing a statement", exc) from exc
-            try:
-                return await _Pager(asyncio.get_running_loop(), response).future
-            except Exception as exc:
-                raise _store_error(what or "executing a statement", exc) from exc
+            for attempt in range(_BUSY_RETRIES + 1):
+                try:
+                    response = session.execute_async(statement, params)
+                except Exception as exc:  # binding errors are raised here, before anything is sent
+                    raise _store_error(what or "executing a statement", exc) from exc
+                try:
+                    return await _Pager(asyncio.get_running_loop(), response).future
+                except Exception as exc:
+                    if attempt < _BUSY_RETRIES and _never_sent(exc):
+                        await asyncio.sleep(0.02 * 2**attempt)
+                        continue
+                    raise _store_error(what or "executing a statement", exc) from exc
+            raise AssertionError("unreachable")
 
     async def _run(self, cql: str, params: Sequence[Any] = (), what: str = "") -> list[Any]:
         prepared = await self._prepare(cql.replace("{ks}", self.keyspace))

@@ -12,7 +12,8 @@ arrives through another package. So an undeclared dependency fails here, whateve
 environment running the tests has installed.
 
 The ``local`` extra (llama-cpp-python, compiled from source for minutes) is left out:
-``tests/services/local_model.sh`` installs and checks it.
+``tests/services/local_model.sh`` installs and checks it. So is ``bench``, which only the
+benchmarks use.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ OPTIONAL_IMPORTS: dict[str, frozenset[str]] = {
     "uvicorn": frozenset({"gateway"}),
     "llama_cpp": frozenset({"local"}),
 }
-NOT_INSTALLED_HERE = {"dev", "local"}
+# `bench` holds only the benchmarks' peer (LangGraph); no packaged module imports it.
+NOT_INSTALLED_HERE = {"dev", "local", "bench"}
 
 # Runs inside each virtualenv: imports every module of the package and reports, per
 # third-party module name, whether it is there and which distributions provide it.
