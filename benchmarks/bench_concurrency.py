@@ -414,6 +414,8 @@ class AgentstreamSystem:
             topics=Topics(prefix=f"benchconc{uuid.uuid4().hex[:8]}", partitions=4),
             store_url=f"sqlite://{self.home}/views.db",
             ledger_url=f"sqlite://{self.home}/ledger.db",
+            # As for `agentstream serve`: how many model calls may be in flight at once.
+            model_slots=int(os.environ.get("AGENTSTREAM_MODEL_SLOTS", "256")),
         )
         self.model_base_url = model_base_url
         self.default_model = default_model
